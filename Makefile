@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv first.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: demo test test-fast bench lint clean
+
+# Creates the virtual environment when missing and (re)installs when pyproject.toml changes.
+# torch is pinned in the same pip command: an unpinned resolve pulls a multi-GB CUDA build.
+.venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0" -e '.[dev]'
+	touch $(STAMP)
+
+demo: .venv
+	$(VENV)/bin/reliscale run jobs/icl_smoke.yaml --progress-every 30
+	@echo
+	@echo "MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath studies/icl_smoke/mlflow.db)"
+	@echo "Scaling-law report:  $(VENV)/bin/reliscale fit --experiment icl_smoke --tracking-uri sqlite:///$(abspath studies/icl_smoke/mlflow.db) --metric eval/id/mse --form chinchilla --report studies/icl_smoke/report"
+
+test: .venv
+	$(VENV)/bin/pytest -q
+
+test-fast: .venv
+	$(VENV)/bin/pytest -q -m "not slow"
+
+bench: .venv
+	$(PY) bench/bench_fit.py
+	$(PY) bench/bench_platform.py
+
+lint: .venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf studies .pytest_cache

@@ -1,0 +1,38 @@
+"""Scaling-law analysis of reliscale studies: load, fit, quantify uncertainty, validate, show.
+
+Light on purpose: numpy, scipy and pandas only; matplotlib and mlflow are imported inside
+the functions that need them.
+
+    df = final_points(load_study("icl_smoke", "sqlite:///studies/icl_smoke/mlflow.db"))
+    law = ChinchillaLaw(y="eval/val/loss").fit(df)
+    boot = bootstrap(law, df, n=1000)
+    boot.params_ci(0.95)
+"""
+
+from scalinglaws.bootstrap import BootstrapResult, bootstrap
+from scalinglaws.correlation import metric_correlation
+from scalinglaws.derived import compute_optimal, required_size
+from scalinglaws.laws import FORMS, BrokenPowerLaw, ChinchillaLaw, Law, PowerLaw, SigmoidOfLoss
+from scalinglaws.load import final_points, from_csv, load_study
+from scalinglaws.report import write_report
+from scalinglaws.validate import Holdout, holdout_largest
+
+__all__ = [
+    "FORMS",
+    "BootstrapResult",
+    "BrokenPowerLaw",
+    "ChinchillaLaw",
+    "Holdout",
+    "Law",
+    "PowerLaw",
+    "SigmoidOfLoss",
+    "bootstrap",
+    "compute_optimal",
+    "final_points",
+    "from_csv",
+    "holdout_largest",
+    "load_study",
+    "metric_correlation",
+    "required_size",
+    "write_report",
+]

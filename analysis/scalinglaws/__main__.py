@@ -1,0 +1,5 @@
+import sys
+
+from scalinglaws.cli import main
+
+sys.exit(main())

@@ -1,0 +1,150 @@
+"""Command line: `python -m scalinglaws fit ...` (and `reliscale fit ...`, which calls
+`main(["fit", *args])`).
+
+  fit --experiment NAME [--tracking-uri URI] --metric M [--x n_params,data_size] [--form F]
+      [--bootstrap K] [--holdout-largest K] [--report DIR] [--json]
+  fit --csv FILE --x COLS --y COL --form F [--json]
+
+A study is fitted on its trials' final points; a CSV on its rows as they are.
+Bad input exits with status 2 and a message naming the option, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scalinglaws.bootstrap import bootstrap
+from scalinglaws.laws import FORMS, Law
+from scalinglaws.load import final_points, from_csv, load_study
+from scalinglaws.summary import describe, law_summary
+from scalinglaws.validate import holdout_largest
+
+DEFAULT_X = {"chinchilla": "n_params,data_size", "power": "n_params", "broken-power": "data_size"}
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as `error: <option>: <why>` with exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scalinglaws", description="Fit scaling laws to study results.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="fit a law to a study (MLflow) or a CSV")
+    src = fit.add_mutually_exclusive_group(required=True)
+    src.add_argument("--experiment", help="MLflow experiment (= study name)")
+    src.add_argument("--csv", type=Path, help="a CSV table, one row per point")
+    fit.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default)")
+    fit.add_argument("--metric", "--y", dest="y", required=True, help="the column to fit, e.g. train/loss")
+    fit.add_argument("--x", help="comma-separated input column(s); default by form: "
+                     + "; ".join(f"{k}: {v}" for k, v in DEFAULT_X.items()))
+    fit.add_argument("--form", choices=list(FORMS), help="default: chinchilla for 2 x columns, else power")
+    fit.add_argument("--increasing", action="store_true",
+                     help="power/chinchilla: the metric grows with scale towards 1 (fit 1 - y)")
+    fit.add_argument("--loss", choices=["huber", "mse"], help="fit objective (default: per form)")
+    fit.add_argument("--delta", type=float, default=1e-3, help="Huber delta (default 1e-3)")
+    fit.add_argument("--bootstrap", type=int, default=0, metavar="K", help="K bootstrap resamples for CIs")
+    fit.add_argument("--level", type=float, default=0.95, help="CI level (default 0.95)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--holdout-largest", type=int, default=0, metavar="K",
+                     help="also fit without the K largest sizes of the first x column and report the error")
+    fit.add_argument("--report", type=Path, metavar="DIR", help="write plots, report.md and laws.json to DIR")
+    fit.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> pd.DataFrame:
+    if args.csv is not None:
+        if not args.csv.is_file():
+            raise UsageError(f"--csv: file not found: {args.csv}")
+        return from_csv(args.csv)
+    try:
+        return final_points(load_study(args.experiment, args.tracking_uri))
+    except LookupError as e:
+        raise UsageError(f"--experiment: {e}") from None
+
+
+def _make_law(args: argparse.Namespace, df: pd.DataFrame) -> Law:
+    x = args.x.split(",") if args.x else None
+    form = args.form or ("power" if x is not None and len(x) == 1 else "chinchilla")
+    if x is None:
+        if form not in DEFAULT_X:
+            raise UsageError(f"--x: required for --form {form} (the upstream loss column)")
+        x = DEFAULT_X[form].split(",")
+    cls = FORMS[form]
+    if len(x) != cls.n_inputs:
+        raise UsageError(f"--x: form {form!r} takes {cls.n_inputs} column(s), got {len(x)}: {','.join(x)}")
+    for option, cols in (("--x", x), ("--metric", [args.y])):
+        for col in cols:
+            if col not in df.columns:
+                raise UsageError(f"{option}: column {col!r} not found; available: {', '.join(map(str, df.columns))}")
+    kw = {"loss": args.loss, "delta": args.delta}
+    if args.increasing:
+        if form not in ("power", "chinchilla"):
+            raise UsageError(f"--increasing: applies to --form power or chinchilla, not {form!r}")
+        kw["increasing"] = True
+    return cls(x if cls.n_inputs > 1 else x[0], args.y, **kw)
+
+
+def _print_summary(law: Law, s: dict, level: float) -> None:
+    print(describe(law))
+    print(f"  objective at optimum: {s['loss']:.6g}")
+    for k, v in s["params"].items():
+        ci = s["ci"].get(k)
+        print(f"  {k:>6} = {v:<12.6g}" + (f" {level:.0%} CI [{ci[0]:.6g}, {ci[1]:.6g}]" if ci else ""))
+    if "holdout" in s:
+        h = s["holdout"]
+        print(f"held out the largest {h['k']} {h['x']}: mean |relative error| {h['mean_abs_rel_error']:.3%}")
+        for p in h["points"]:
+            where = ", ".join(f"{c}={p[c]:.4g}" for c in law.x)
+            print(f"  {where}: actual {p['actual']:.4g} predicted {p['predicted']:.4g} ({p['rel_error']:+.2%})")
+
+
+def fit_command(args: argparse.Namespace) -> int:
+    if args.bootstrap < 0 or args.holdout_largest < 0:
+        raise UsageError("--bootstrap / --holdout-largest: must be >= 0")
+    if not 0 < args.level < 1:
+        raise UsageError(f"--level: must be in (0, 1), got {args.level}")
+    df = _load(args)
+    law = _make_law(args, df)
+    try:
+        law.fit(df)
+        boot = bootstrap(law, df, n=args.bootstrap, seed=args.seed) if args.bootstrap else None
+        ho = holdout_largest(law, df, k=args.holdout_largest) if args.holdout_largest else None
+    except ValueError as e:
+        raise UsageError(f"--metric {args.y}: {e}") from None
+    summary = law_summary(law, boot, ho, args.level)
+    if args.report:
+        from scalinglaws.report import write_report
+
+        write_report(df, args.report, {args.y: law}, n_boot=args.bootstrap,
+                     holdout=args.holdout_largest, level=args.level, seed=args.seed)
+    if args.json:
+        print(json.dumps(summary, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
+    else:
+        _print_summary(law, summary, args.level)
+        if args.report:
+            print(f"report written to {args.report}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed usage / help
+        return int(e.code or 0)
+    try:
+        return fit_command(args)
+    except (UsageError, KeyError) as e:
+        print(f"{parser.prog} {args.command}: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Study results as a tidy DataFrame: one row per (trial, eval point).
+
+Reads the platform's MLflow layout: experiment = study, one parent run tagged
+reliscale.role=study, one child run per trial tagged reliscale.role=trial with
+mlflow.parentRunId and reliscale.trial_id; params are the trial's axes and sizes, metrics
+(`train/...`, `eval/<split>/<metric>`) are stepped by data seen (examples or tokens).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROLE, TRIAL_ID, PARENT = "reliscale.role", "reliscale.trial_id", "mlflow.parentRunId"
+# Params that name things; every other param becomes numeric when all its values parse.
+LABEL_PARAMS = frozenset(
+    {"trial_id", "family", "size", "size_enc", "size_dec", "data_unit", "task",
+     "objective", "technique", "mixture", "precision"}
+)
+
+
+def load_study(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
+    """All trials of study `experiment`: columns run_id, parent_run_id, status, the trial
+    params, data_seen (the metric step) and one column per metric key (NaN where a key was
+    not logged at that step). A (key, step) logged twice keeps its last value."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [exp.experiment_id], f"tags.`{ROLE}` = 'trial'", max_results=1000, page_token=token
+        )
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    if not runs:
+        raise LookupError(f"experiment {experiment!r} has no trial runs (tag {ROLE}=trial)")
+
+    meta, history = [], []
+    for run in runs:
+        run_id = run.info.run_id
+        meta.append(
+            {"run_id": run_id, "parent_run_id": run.data.tags.get(PARENT),
+             "status": run.info.status, **run.data.params,
+             "trial_id": run.data.params.get("trial_id", run.data.tags.get(TRIAL_ID))}
+        )
+        for key in run.data.metrics:
+            history += [(run_id, key, m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)]
+
+    params = pd.DataFrame(meta)
+    for col in params.columns.difference(["run_id", "parent_run_id", "status", *LABEL_PARAMS]):
+        params[col] = _maybe_numeric(params[col])
+    values = (
+        pd.DataFrame(history, columns=["run_id", "key", "data_seen", "timestamp", "value"])
+        .sort_values("timestamp", kind="stable")
+        .drop_duplicates(["run_id", "key", "data_seen"], keep="last")
+        .pivot(index=["run_id", "data_seen"], columns="key", values="value")
+        .reset_index()
+    )
+    values.columns.name = None
+    metric_cols = sorted(values.columns.difference(["run_id", "data_seen"]), key=_metric_order)
+    df = params.merge(values[["run_id", "data_seen", *metric_cols]], on="run_id", how="left")
+    return df.sort_values(["trial_id", "data_seen"], ignore_index=True)
+
+
+def _maybe_numeric(col: pd.Series) -> pd.Series:
+    """Numbers if every logged value parses (MLflow stores params as strings)."""
+    col = col.replace({"None": np.nan, "": np.nan})
+    num = pd.to_numeric(col, errors="coerce")
+    return num if num.notna().sum() == col.notna().sum() else col
+
+
+def _metric_order(key: str) -> tuple[int, str]:
+    return (0 if key.startswith("train/") else 1 if key.startswith("eval/") else 2, key)
+
+
+def trial_key(df: pd.DataFrame) -> str | None:
+    """The column identifying a trial: run_id, else trial_id, else None (a row per trial)."""
+    return next((c for c in ("run_id", "trial_id") if c in df.columns), None)
+
+
+def final_points(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial at its largest data_seen, each metric at its last logged value
+    (so metrics logged at slightly different steps still land on the same row).
+    Frames without data_seen or a trial column are already one row per trial."""
+    key = trial_key(df)
+    if key is None or "data_seen" not in df.columns:
+        return df.reset_index(drop=True)
+    ordered = df.sort_values([key, "data_seen"], kind="stable")
+    return ordered.groupby(key, as_index=False, sort=False, dropna=False).last().reset_index(drop=True)
+
+
+def from_csv(path: str | Path) -> pd.DataFrame:
+    """A results table saved as CSV (e.g. `load_study(...).to_csv(path, index=False)`)."""
+    return pd.read_csv(path)

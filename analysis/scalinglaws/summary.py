@@ -1,0 +1,36 @@
+"""A fitted law as plain JSON-able data (the CLI's --json and the report's laws.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scalinglaws.bootstrap import BootstrapResult
+from scalinglaws.laws import Law
+from scalinglaws.validate import Holdout
+
+
+def law_summary(
+    law: Law, boot: BootstrapResult | None = None, holdout: Holdout | None = None, level: float = 0.95
+) -> dict[str, Any]:
+    """{"form", "params", "ci", "n_points", "loss"} (+ "holdout"); ci maps param -> [lo, hi]
+    at `level` and is empty without a bootstrap."""
+    ci = {k: [lo, hi] for k, (lo, hi) in boot.params_ci(level).items()} if boot else {}
+    out: dict[str, Any] = {
+        "form": law.name,
+        "params": law.params,
+        "ci": ci,
+        "n_points": law.n_points_,
+        "loss": law.loss_,
+    }
+    if holdout is not None:
+        out["holdout"] = holdout.to_dict()
+    return out
+
+
+def describe(law: Law) -> str:
+    """One line: what was fitted to what, and how."""
+    how = f"Huber(delta={law.delta:g})" if law.loss == "huber" else "least squares"
+    space = "log y" if law.log_space else "y"
+    if getattr(law, "increasing", False):
+        space = "log(1 - y)"
+    return f"{law.name} law of {law.y} on {', '.join(law.x)}: {how} on {space}, {law.n_points_} points"

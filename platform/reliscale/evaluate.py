@@ -1,0 +1,113 @@
+"""The evaluation suite of a trial, run at every eval point on every split.
+
+Every rank predicts an equal shard of each fixed eval split (under ZeRO-3 all
+ranks must run the same forward passes); rank 0 gathers the predictions and
+computes the metrics, logged as `eval/<split>/<metric>`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+EVAL_CHUNK = 128
+
+
+def eval_schedule(steps: int, points: int) -> list[int]:
+    """Optimizer steps (1-based counts) after which to evaluate: log-spaced, ending at `steps`."""
+    marks = np.unique(np.round(np.geomspace(1, steps, points)).astype(int))
+    return sorted(set(marks.tolist()) | {steps})
+
+
+def _gather(rows: np.ndarray, n: int) -> np.ndarray | None:
+    """Concatenate every rank's rows on rank 0 (in rank order), trimmed to n rows."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows[:n]
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, rows)
+    return np.concatenate(parts)[:n] if dist.get_rank() == 0 else None
+
+
+def _shard(arrays: dict[str, np.ndarray], rank: int, world: int) -> dict[str, np.ndarray]:
+    """Rank `rank`'s contiguous shard, after padding to a multiple of `world` by repeating the last row."""
+    n = len(next(iter(arrays.values())))
+    per = -(-n // world)
+    out = {}
+    for k, a in arrays.items():
+        padded = np.concatenate([a, np.repeat(a[-1:], per * world - n, axis=0)])
+        out[k] = padded[rank * per:(rank + 1) * per]
+    return out
+
+
+@torch.no_grad()
+def predict_split(model, arrays: dict[str, np.ndarray], device, rank: int, world: int,
+                  fn=lambda m, b: m.predict(b)) -> np.ndarray | dict[str, np.ndarray] | None:
+    """Predictions of the whole split on rank 0 (None elsewhere)."""
+    n = len(next(iter(arrays.values())))
+    shard = _shard(arrays, rank, world)
+    outs = []
+    m = len(next(iter(shard.values())))
+    for i in range(0, m, EVAL_CHUNK):
+        batch = {k: torch.as_tensor(v[i:i + EVAL_CHUNK], device=device) for k, v in shard.items()}
+        outs.append(fn(model, batch))
+    if isinstance(outs[0], torch.Tensor):
+        return _gather(torch.cat(outs).float().cpu().numpy(), n)
+    # A head's Prediction(probs, variance): gather each field.
+    fields = {}
+    for name in ("probs", "variance"):
+        values = [getattr(o, name) for o in outs]
+        if values[0] is not None:
+            fields[name] = _gather(torch.cat(values).float().cpu().numpy(), n)
+    return fields if rank == 0 else None
+
+
+class ICLEvaluator:
+    """Error vs number of in-context examples, beside least squares, averaging, k-NN and zero."""
+
+    def __init__(self, task, splits: tuple[str, ...], metrics: tuple[str, ...] | None):
+        self.task, self.metrics = task, metrics
+        self.splits = {name: task.split(name) for name in splits}
+        self.curves: dict[str, np.ndarray] = {}
+
+    def run(self, model, device, rank: int, world: int) -> dict[str, float]:
+        from reliscale.tasks.icl import icl_metrics
+
+        out = {}
+        for name, split in self.splits.items():
+            pred = predict_split(model, {"x": split.x, "y": split.y}, device, rank, world)
+            if rank != 0:
+                continue
+            metrics, self.curves[name] = icl_metrics(pred, split)
+            if self.task.num_groups > 1:
+                metrics.update(_group_metrics(pred, split, self.task.group_names))
+            out.update({f"eval/{name}/{k}": v for k, v in metrics.items() if _wanted(k, self.metrics)})
+        return out
+
+    def write_artifacts(self, folder: Path) -> list[Path]:
+        """Per split: the error curve (CSV) and a plot of model vs baselines (PNG)."""
+        from reliscale.plots import icl_curve_plot
+
+        paths = []
+        for name, curve in self.curves.items():
+            base = {k: v.mean(axis=0) for k, v in self.splits[name].baselines.items()}
+            csv = folder / f"icl_curve_{name}.csv"
+            cols = ["k", "model", *base]
+            rows = [[k, curve[k], *(base[b][k] for b in base)] for k in range(len(curve))]
+            np.savetxt(csv, np.array(rows), delimiter=",", header=",".join(cols), comments="", fmt="%.6g")
+            paths += [csv, icl_curve_plot(folder / f"icl_curve_{name}.png", name, curve, base)]
+        return paths
+
+
+def _group_metrics(pred: np.ndarray, split, names: list[str]) -> dict[str, float]:
+    d = split.x.shape[2]
+    err = ((pred - split.y) ** 2 / d).mean(axis=1)
+    per = {n: float(err[split.group == g].mean()) for g, n in enumerate(names) if (split.group == g).any()}
+    return {**{f"mse_{n}": v for n, v in per.items()}, "worst_group_mse": max(per.values())}
+
+
+def _wanted(key: str, metrics: tuple[str, ...] | None) -> bool:
+    """Metrics the spec asked for; derived ones (per group, gaps, worst cases) always."""
+    return metrics is None or key in metrics or key.startswith(("mse_", "worst", "gap_", "mean_var"))

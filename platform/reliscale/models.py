@@ -1,0 +1,220 @@
+"""Trial models built from a ladder size and a task, with transformers' own classes.
+
+No weights are downloaded: every model is built from a config. Each model maps
+a batch (dict of tensors) to per-example losses, so an objective can weigh the
+examples by task group, and has `predict` for evaluation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaModel, T5Config, T5Model, ViTConfig, ViTModel
+
+from reliscale.ladder import FFN_RATIO, ModelSize, Shape
+
+# Parameters that count as embeddings (excluded from non-embedding counts, as Kaplan et al.):
+# token and position tables, the vocabulary projection, and the ViT class token.
+EMBEDDING_PARAM_KEYS = ("embed_tokens", "position_embeddings", "cls_token", "lm_head", "shared.")
+
+
+def llama_config(shape: Shape, max_len: int, vocab_size: int = 1) -> LlamaConfig:
+    cfg = LlamaConfig(
+        hidden_size=shape.width, intermediate_size=shape.ffn_width(FFN_RATIO["decoder"]),
+        num_hidden_layers=shape.depth, num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads, vocab_size=vocab_size, max_position_embeddings=max_len,
+        tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+    cfg._attn_implementation = "sdpa"
+    return cfg
+
+
+class ICLDecoder(nn.Module):
+    """GPT-style in-context regressor: (x, y) pairs embedded as alternating tokens (Garg et al.).
+
+    Tokens have d+1 channels, x in the first d and y in the last, so that the token type is
+    visible in the input: with rotary positions (no absolute position embedding) a y token
+    (y, 0, ..., 0) would otherwise look like an x token.
+    """
+
+    def __init__(self, shape: Shape, dim: int, points: int):
+        super().__init__()
+        self.read_in = nn.Linear(dim + 1, shape.width)
+        self.backbone = LlamaModel(llama_config(shape, 2 * points))
+        self.read_out = nn.Linear(shape.width, 1)
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x, y = batch["x"], batch["y"]
+        b, n, d = x.shape
+        x_tok = torch.cat([x, torch.zeros_like(x[..., :1])], dim=-1)
+        y_tok = torch.cat([torch.zeros_like(x), y.unsqueeze(-1)], dim=-1)
+        tokens = torch.stack([x_tok, y_tok], dim=2).reshape(b, 2 * n, d + 1)  # x1, y1, x2, y2, ...
+        h = self.backbone(inputs_embeds=self.read_in(tokens)).last_hidden_state
+        return self.read_out(h[:, ::2]).squeeze(-1)  # prediction of y_i read at token x_i
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return ((self.predict(batch) - batch["y"]) ** 2).mean(dim=1)
+
+
+class Classifier(nn.Module):
+    """A backbone that turns an input into one feature vector, then a reliability head."""
+
+    def __init__(self, backbone: nn.Module, width: int, num_classes: int, technique: str,
+                 technique_opts: dict):
+        super().__init__()
+        from reliscale.heads import build_head
+
+        self.backbone = backbone
+        self.head = build_head(technique, width, num_classes, **technique_opts)
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.backbone(batch["x"])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head.loss(self.features(batch), batch["y"], reduction="none")
+
+    def predict(self, batch: dict[str, torch.Tensor]):
+        return self.head.predict(self.features(batch))
+
+
+class ViTBackbone(nn.Module):
+    """ViT over a (1, 1, L) signal, patches of (1, p); with a `dec` shape, a PaLI-style text
+    decoder reads the image tokens and answers at a final query token."""
+
+    def __init__(self, size: ModelSize, length: int, patch: int):
+        super().__init__()
+        s = size.enc
+        self.vit = ViTModel(ViTConfig(
+            hidden_size=s.width, num_hidden_layers=s.depth, num_attention_heads=s.heads,
+            intermediate_size=s.ffn_width(FFN_RATIO["vit"]), image_size=(1, length),
+            patch_size=(1, patch), num_channels=1, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ), add_pooling_layer=False)
+        self.text = None
+        if size.dec is not None:
+            n_tokens = length // patch + 2
+            self.bridge = nn.Linear(s.width, size.dec.width)
+            self.query = nn.Parameter(torch.zeros(1, 1, size.dec.width))
+            self.text = LlamaModel(llama_config(size.dec, n_tokens))
+        self.out_width = s.width if size.dec is None else size.dec.width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.vit(pixel_values=x).last_hidden_state
+        if self.text is None:
+            return h[:, 0]
+        seq = torch.cat([self.bridge(h), self.query.expand(h.shape[0], -1, -1)], dim=1)
+        return self.text(inputs_embeds=seq).last_hidden_state[:, -1]
+
+
+class EncDecBackbone(nn.Module):
+    """T5-style encoder over signal patches; the decoder answers from one start token."""
+
+    def __init__(self, size: ModelSize, length: int, patch: int):
+        super().__init__()
+        enc, dec = size.enc, size.dec or size.enc
+        if enc.width != dec.width:
+            raise ValueError(f"encdec needs equal encoder/decoder widths, got {enc.width} and {dec.width}")
+        self.patch = patch
+        self.embed = nn.Linear(patch, enc.width)
+        self.start = nn.Parameter(torch.zeros(1, 1, enc.width))
+        self.t5 = T5Model(T5Config(
+            d_model=enc.width, d_kv=enc.width // enc.heads, num_heads=enc.heads,
+            d_ff=enc.ffn_width(FFN_RATIO["encdec"]), num_layers=enc.depth,
+            num_decoder_layers=dec.depth, feed_forward_proj="gated-gelu", vocab_size=1,
+            dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=None,
+        ))
+        self.out_width = enc.width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = x.reshape(x.shape[0], -1, self.patch)
+        out = self.t5(inputs_embeds=self.embed(patches),
+                      decoder_inputs_embeds=self.start.expand(x.shape[0], -1, -1))
+        return out.last_hidden_state[:, -1]
+
+
+class DecoderBackbone(nn.Module):
+    """Causal decoder over signal patches, read at the last token."""
+
+    def __init__(self, size: ModelSize, length: int, patch: int):
+        super().__init__()
+        self.patch = patch
+        self.embed = nn.Linear(patch, size.enc.width)
+        self.decoder = LlamaModel(llama_config(size.enc, length // patch))
+        self.out_width = size.enc.width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = x.reshape(x.shape[0], -1, self.patch)
+        return self.decoder(inputs_embeds=self.embed(patches)).last_hidden_state[:, -1]
+
+
+BACKBONES = {"vit": ViTBackbone, "encdec": EncDecBackbone, "decoder": DecoderBackbone}
+
+
+class CausalLM(nn.Module):
+    """Next-token prediction with a Llama decoder; per-example loss = mean token cross-entropy."""
+
+    def __init__(self, shape: Shape, vocab_size: int, seq_len: int):
+        super().__init__()
+        self.backbone = LlamaModel(llama_config(shape, seq_len, vocab_size))
+        self.lm_head = nn.Linear(shape.width, vocab_size, bias=False)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.lm_head(self.backbone(input_ids=batch["tokens"][:, :-1]).last_hidden_state)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.logits(batch)
+        target = batch["tokens"][:, 1:]
+        ce = nn.functional.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="none")
+        return ce.view(target.shape).mean(dim=1)
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self(batch)
+
+
+SIGNAL_LENGTH = 40  # MNIST-1D
+SIGNAL_PATCH = 4
+
+
+def build_model(trial) -> nn.Module:
+    """The model of a trial (`spec.TrialConfig`), on the current default device."""
+    data, task = trial.spec.data, trial.spec.data.task
+    if task == "icl":
+        return ICLDecoder(trial.size.enc, data.dim, data.points)
+    if task == "lm":
+        return CausalLM(trial.size.enc, data.vocab_size, data.seq_len)
+    backbone = BACKBONES[trial.family](trial.size, SIGNAL_LENGTH, SIGNAL_PATCH)
+    opts = trial.spec.technique_options.model_dump()
+    from reliscale.tasks.images import NUM_CLASSES
+
+    return Classifier(backbone, backbone.out_width, NUM_CLASSES, trial.technique, opts)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total, non-embedding) parameter counts; ZeRO-3-partitioned params report ds_numel."""
+    total = nonemb = 0
+    for name, p in model.named_parameters():
+        n = getattr(p, "ds_numel", p.numel())
+        total += n
+        if not any(key in name for key in EMBEDDING_PARAM_KEYS):
+            nonemb += n
+    return total, nonemb
+
+
+def meta_param_counts(trial) -> dict[str, int]:
+    """Exact parameter counts of a trial's model, instantiated on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = build_model(trial)
+    total, nonemb = count_params(model)
+    counts = {"n_params": total, "n_params_nonembedding": nonemb}
+    if trial.size.two_axis:
+        parts = _stack_modules(model)
+        counts["n_params_enc"] = count_params(parts[0])[0]
+        counts["n_params_dec"] = count_params(parts[1])[0]
+    return counts
+
+
+def _stack_modules(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    b = model.backbone
+    if isinstance(b, ViTBackbone):
+        return b.vit, b.text
+    return b.t5.encoder, b.t5.decoder

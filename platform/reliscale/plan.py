@@ -1,0 +1,125 @@
+"""What a study will cost before it runs: parameters, FLOPs and memory per trial."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from reliscale import ladder
+from reliscale.spec import StudySpec, TrialConfig, expand
+
+GPU_MEMORY_GB = 80.0
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    trial_id: str
+    family: str
+    size: str
+    n_params: int
+    n_params_nonembedding: int
+    data_size: int
+    flops: float
+    workers: int
+    zero_stage: int
+    est_mem_gb_per_worker: float
+
+
+def sequence_lengths(trial: TrialConfig) -> tuple[int, int]:
+    """(encoder/decoder-only tokens, decoder tokens) of one example, as the model sees them."""
+    data = trial.spec.data
+    if data.task == "icl":
+        return 2 * data.points, 0
+    if data.task == "lm":
+        return data.seq_len, 0
+    from reliscale.models import SIGNAL_LENGTH, SIGNAL_PATCH
+
+    patches = SIGNAL_LENGTH // SIGNAL_PATCH
+    if trial.family == "vit":
+        return patches + 1, (patches + 2 if trial.size.dec else 0)
+    return patches, (1 if trial.family == "encdec" else 0)
+
+
+def tokens_seen(trial: TrialConfig) -> int:
+    if trial.spec.data.unit == "tokens":
+        return trial.data_size
+    enc_len, dec_len = sequence_lengths(trial)
+    return trial.data_size * (enc_len + dec_len)
+
+
+def worker_memory_gb(spec: StudySpec) -> float:
+    r = spec.resources
+    if r.memory_per_worker_gb:
+        return r.memory_per_worker_gb
+    if r.gpus_per_worker > 0:
+        return GPU_MEMORY_GB * r.gpus_per_worker
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return ram / r.workers
+
+
+def plan_trial(trial: TrialConfig, counts: dict[str, int]) -> PlanRow:
+    spec = trial.spec
+    enc_len, dec_len = sequence_lengths(trial)
+    flops = ladder.training_flops(counts["n_params_nonembedding"], tokens_seen(trial),
+                                  ladder.attention_flops_per_token(trial.size, enc_len, dec_len))
+    micro_batch = spec.micro_batch()
+    vocab = spec.data.vocab_size if spec.data.task == "lm" else 0
+    mem = ladder.model_state_bytes(counts["n_params"], spec.train.zero_stage, spec.resources.workers,
+                                   spec.train.precision)
+    mem += ladder.activation_bytes(trial.size, micro_batch, enc_len + dec_len, spec.train.precision,
+                                   vocab, spec.train.activation_checkpointing)
+    return PlanRow(trial.trial_id, trial.family, trial.size.name, counts["n_params"],
+                   counts["n_params_nonembedding"], trial.data_size, flops,
+                   spec.resources.workers, spec.train.zero_stage, round(mem / 2**30, 3))
+
+
+def param_counts(trials: list[TrialConfig]) -> dict[str, dict[str, int]]:
+    """Exact counts per trial; one meta-device model per distinct architecture."""
+    from reliscale.models import meta_param_counts
+
+    by_arch: dict[tuple, dict[str, int]] = {}
+    out = {}
+    for t in trials:
+        arch = (t.family, t.size, t.technique)
+        if arch not in by_arch:
+            by_arch[arch] = meta_param_counts(t)
+        out[t.trial_id] = by_arch[arch]
+    return out
+
+
+def plan(spec: StudySpec) -> tuple[list[PlanRow], list[str]]:
+    """The plan rows and the warnings (trials whose memory estimate exceeds a worker's)."""
+    trials = expand(spec)
+    counts = param_counts(trials)
+    rows = [plan_trial(t, counts[t.trial_id]) for t in trials]
+    limit = worker_memory_gb(spec)
+    warnings = [
+        f"warning: {r.trial_id} needs ~{r.est_mem_gb_per_worker:.1f} GB per worker, more than the "
+        f"{limit:.1f} GB a worker has (raise resources.workers or train.zero_stage)"
+        for r in rows if r.est_mem_gb_per_worker > limit
+    ]
+    return rows, warnings
+
+
+def as_dicts(rows: list[PlanRow]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def format_table(rows: list[PlanRow]) -> str:
+    head = ("trial_id", "family", "size", "params", "non-emb", "data", "FLOPs", "workers", "ZeRO", "mem/worker")
+    body = [(r.trial_id, r.family, r.size, _si(r.n_params), _si(r.n_params_nonembedding),
+             _si(r.data_size), f"{r.flops:.2e}", str(r.workers), str(r.zero_stage),
+             f"{r.est_mem_gb_per_worker:.2f} GB") for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in (head, *body)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    total = sum(r.flops for r in rows)
+    lines.append(f"\n{len(rows)} trials, total training compute {total:.3e} FLOPs")
+    return "\n".join(lines)
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(int(n))

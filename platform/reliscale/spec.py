@@ -1,0 +1,580 @@
+"""The study spec: one schema, validated once, expanded into typed trial configs.
+
+A spec is YAML. `load_spec(path, overrides)` applies `--set key.path=value`
+overrides, validates the whole document and raises one `SpecError` listing every
+problem (key path, bad value, what is allowed) before anything runs.
+`expand(spec)` turns the validated spec into the grid of `TrialConfig`s.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from reliscale import ladder
+from reliscale.tasks.registry import TASKS, TaskInfo
+
+# ------------------------------------------------------------------ schema
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ShapeSpec(_Section):
+    width: int = Field(gt=0)
+    depth: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    ffn: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ShapeSpec:
+        if self.width % self.heads:
+            raise At("heads", f"{self.heads} does not divide width={self.width}; "
+                     f"allowed: a divisor of {self.width}")
+        return self
+
+    def to_shape(self) -> ladder.Shape:
+        return ladder.Shape(self.width, self.depth, self.heads, self.ffn)
+
+
+def _size_kind(v: Any) -> str:
+    if isinstance(v, dict | BaseModel):
+        keys = set(v) if isinstance(v, dict) else set(type(v).model_fields)
+        return "two" if keys & {"enc", "dec"} else "shape"
+    return "rung"
+
+
+SizeRef = Annotated[
+    Annotated[str, Tag("rung")] | Annotated[ShapeSpec, Tag("shape")], Discriminator(_size_kind)
+]
+
+
+class TwoAxisSize(_Section):
+    """A size on both axes of a two-stack model (vision/text, encoder/decoder)."""
+
+    enc: SizeRef
+    dec: SizeRef
+
+
+AnySize = Annotated[
+    Annotated[str, Tag("rung")] | Annotated[ShapeSpec, Tag("shape")] | Annotated[TwoAxisSize, Tag("two")],
+    Discriminator(_size_kind),
+]
+
+
+def _as_tuple(v: Any) -> Any:
+    """An axis may be given as one value or a list of values; store a tuple either way."""
+    return tuple(v) if isinstance(v, list | tuple) else (v,)
+
+
+class ModelSpec(_Section):
+    family: Literal["decoder", "vit", "encdec"]
+    sizes: tuple[AnySize, ...] = Field(min_length=1)
+
+    _sizes_as_tuple = field_validator("sizes", mode="before")(_as_tuple)
+
+    @model_validator(mode="after")
+    def _known_rungs(self) -> ModelSpec:
+        rungs = ladder.LADDERS[self.family]
+        for i, size in enumerate(self.sizes):
+            refs = (size.enc, size.dec) if isinstance(size, TwoAxisSize) else (size,)
+            for ref in refs:
+                if isinstance(ref, str) and ref not in rungs:
+                    raise At(f"sizes[{i}]", f"{ref!r} is not a {self.family} ladder rung; "
+                             f"allowed: {', '.join(rungs)} or {{width, depth, heads}}"
+                             + _did_you_mean(ref, rungs))
+            if isinstance(size, TwoAxisSize) and self.family == "decoder":
+                raise At(f"sizes[{i}]", "the decoder family has one size axis; allowed: a rung "
+                         "name or {width, depth, heads}, not {enc, dec}")
+        return self
+
+    def resolved_sizes(self) -> list[ladder.ModelSize]:
+        def ref(r: str | ShapeSpec) -> str | ladder.Shape:
+            return r if isinstance(r, str) else r.to_shape()
+
+        out = []
+        for s in self.sizes:
+            if isinstance(s, TwoAxisSize):
+                out.append(ladder.resolve_size(self.family, ref(s.enc), ref(s.dec)))
+            else:
+                out.append(ladder.resolve_size(self.family, ref(s)))
+        return out
+
+
+Mixture = dict[str, float]
+
+
+class DataSpec(_Section):
+    task: str
+    sizes: tuple[float, ...] = Field(min_length=1)
+    unit: Literal["examples", "tokens"] = "examples"
+    batch_size: int = Field(gt=0)
+    mixture: tuple[Mixture, ...] | None = None
+    dim: int = Field(default=8, gt=0)  # in-context regression: input dimension d
+    points: int = Field(default=16, gt=1)  # in-context regression: (x, y) pairs per prompt
+    noise_std: float = Field(default=0.0, ge=0)
+    seq_len: int = Field(default=128, gt=0)  # lm: tokens per sequence
+    vocab_size: int = Field(default=50304, gt=1)  # lm
+    path: str | None = None  # lm: a local token file; None = the seeded synthetic language
+    cache_dir: str | None = None  # where generated splits are cached
+
+    _axes_as_tuples = field_validator("sizes", "mixture", mode="before")(
+        lambda v: v if v is None else _as_tuple(v))
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in TASKS:
+            raise At("", f"{task!r} is not a task; allowed: {', '.join(TASKS)}" + _did_you_mean(task, TASKS))
+        return task
+
+    @field_validator("sizes")
+    @classmethod
+    def _positive_integers(cls, sizes: tuple[float, ...]) -> tuple[float, ...]:
+        for i, s in enumerate(sizes):
+            if not (s > 0 and math.isfinite(s) and float(s).is_integer()):
+                raise At(f"[{i}]", f"{s!r} is not allowed; allowed: a positive integer")
+        return sizes
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> DataSpec:
+        info = TASKS[self.task]
+        for i, s in enumerate(self.sizes):
+            if s < self.batch_size:
+                raise At(f"sizes[{i}]", f"{int(s)} is smaller than batch_size={self.batch_size}; "
+                         "allowed: data sizes of at least one batch")
+        if self.unit != info.unit:
+            raise At("unit", f"{self.unit!r} is not allowed for task {self.task!r}; allowed: {info.unit!r}")
+        for j, mix in enumerate(self.mixtures()):
+            for name, weight in mix.items():
+                if name not in info.function_classes:
+                    allowed = ", ".join(info.function_classes) or "none (this task has no mixture)"
+                    raise At(f"mixture[{j}].{name}", f"not a function class of task {self.task!r}; "
+                             f"allowed: {allowed}" + _did_you_mean(name, info.function_classes))
+                if not weight > 0:
+                    raise At(f"mixture[{j}].{name}", f"weight {weight!r} is not allowed; allowed: > 0")
+        return self
+
+    def mixtures(self) -> list[Mixture]:
+        if self.mixture is None:
+            return [dict(TASKS[self.task].default_mixture)] if TASKS[self.task].function_classes else [{}]
+        return list(self.mixture)
+
+
+class OptimizerSpec(_Section):
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(default=1.0, ge=0)
+
+
+class ScheduleSpec(_Section):
+    """Linear warmup over `warmup_frac` of the steps, then cosine decay to `min_lr_frac`·lr."""
+
+    warmup_frac: float = Field(default=0.05, ge=0, lt=1)
+    min_lr_frac: float = Field(default=0.1, ge=0, le=1)
+
+
+class TrainSpec(_Section):
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    zero_stage: int = 2
+    micro_batch: int | None = Field(default=None, gt=0)  # per worker; None = batch_size / workers
+    activation_checkpointing: bool = False
+    deepspeed: dict[str, Any] = Field(default_factory=dict)  # merged over the generated config
+
+    @field_validator("zero_stage")
+    @classmethod
+    def _stage(cls, stage: int) -> int:
+        if stage not in (0, 1, 2, 3):
+            raise At("", f"{stage!r} is not a ZeRO stage; allowed: 0, 1, 2, 3")
+        return stage
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _owned_keys(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        owned = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}
+        bad = sorted(owned & set(overrides))
+        if bad:
+            raise At(bad[0], "is set from data.batch_size and resources.workers; "
+                     "allowed: any other DeepSpeed config key")
+        return overrides
+
+
+class EvalSpec(_Section):
+    splits: tuple[str, ...] | None = None  # None = every split of the task
+    metrics: tuple[str, ...] | None = None  # None = every metric of the task
+    points: int = Field(default=6, ge=1)  # log-spaced eval points along the data axis
+    examples: int = Field(default=512, gt=0)  # size of each fixed eval split
+
+
+class ResourcesSpec(_Section):
+    workers: int = Field(default=2, gt=0)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    max_concurrent_trials: int = Field(default=1, gt=0)
+    max_failures: int = Field(default=2, ge=0)
+    cluster_cpus: float | None = Field(default=None, gt=0)  # the largest the cluster can grow to
+    cluster_gpus: float | None = Field(default=None, ge=0)
+    memory_per_worker_gb: float | None = Field(default=None, gt=0)  # None: 80 per GPU, else RAM/workers
+
+
+class TrackingSpec(_Section):
+    uri: str | None = None  # None = sqlite file in the study folder
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, uri: str | None) -> str | None:
+        schemes = ("sqlite:///", "http://", "https://", "file:", "postgresql://")
+        if uri is not None and not uri.startswith(schemes):
+            raise At("", f"{uri!r} is not a tracking URI; allowed: one starting with {', '.join(schemes)}")
+        return uri
+
+
+class StorageSpec(_Section):
+    path: str | None = None  # None = <study folder>/checkpoints
+
+
+class ObjectiveSpec(_Section):
+    """Options of the minimax objective: exponentiated-gradient step size on group weights."""
+
+    step_size: float = Field(default=0.1, gt=0)
+
+
+class TechniqueSpec(_Section):
+    ensemble_size: int = Field(default=3, gt=0)
+    gp_features: int = Field(default=256, gt=0)
+    gp_spectral_norm: bool = False
+    het_factors: int = Field(default=10, gt=0)
+    het_samples: int = Field(default=16, gt=0)
+    het_temperature: float = Field(default=1.0, gt=0)
+
+
+Objective = Literal["erm", "minimax"]
+Technique = Literal["none", "batchensemble", "gp", "het"]
+
+
+class StudySpec(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelSpec
+    data: DataSpec
+    objective: tuple[Objective, ...] = Field(default=("erm",), min_length=1)
+    objective_options: ObjectiveSpec = ObjectiveSpec()
+    technique: tuple[Technique, ...] = Field(default=("none",), min_length=1)
+    technique_options: TechniqueSpec = TechniqueSpec()
+    seeds: tuple[int, ...] = Field(default=(0,), min_length=1)  # a count n means seeds 0..n-1
+    eval: EvalSpec = EvalSpec()
+    train: TrainSpec = TrainSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    storage: StorageSpec = StorageSpec()
+
+    _axes_as_tuples = field_validator("objective", "technique", mode="before")(_as_tuple)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_count(cls, seeds: Any) -> Any:
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            if seeds < 1:
+                raise At("", f"{seeds!r} is not allowed; allowed: a count >= 1 or a list of seeds")
+            return tuple(range(seeds))
+        return seeds
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StudySpec:
+        info = TASKS[self.data.task]
+        if self.model.family not in info.families:
+            raise At("model.family", f"{self.model.family!r} cannot train task {self.data.task!r}; "
+                     f"allowed: {', '.join(info.families)}")
+        for t in self.technique:
+            if t not in info.techniques:
+                raise At("technique", f"{t!r} does not apply to task {self.data.task!r}; "
+                         f"allowed: {', '.join(info.techniques)}")
+        for name, given, allowed in (
+            ("eval.splits", self.eval.splits, info.splits),
+            ("eval.metrics", self.eval.metrics, info.metrics),
+        ):
+            for i, item in enumerate(given or ()):
+                if item not in allowed:
+                    raise At(f"{name}[{i}]", f"{item!r} is not known for task {self.data.task!r}; "
+                             f"allowed: {', '.join(allowed)}" + _did_you_mean(item, allowed))
+        if self.eval.splits is not None and "id" not in self.eval.splits:
+            raise At("eval.splits", "the in-distribution split 'id' is required; "
+                     "allowed: a list containing 'id'")
+        r = self.resources
+        if self.data.batch_size % r.workers:
+            raise At("data.batch_size", f"{self.data.batch_size} is not divisible by resources.workers="
+                     f"{r.workers}; allowed: a multiple of {r.workers}")
+        micro = self.train.micro_batch
+        if micro is not None and (self.data.batch_size // r.workers) % micro:
+            raise At("train.micro_batch", f"{micro} does not divide the per-worker batch "
+                     f"{self.data.batch_size // r.workers} (data.batch_size / resources.workers); "
+                     f"allowed: a divisor of {self.data.batch_size // r.workers}")
+        problem = cluster_fit_problem(self, r.cluster_cpus, r.cluster_gpus)
+        if problem:
+            raise At("resources.workers", problem)
+        return self
+
+    # axes -------------------------------------------------------------
+    def task_info(self) -> TaskInfo:
+        return TASKS[self.data.task]
+
+    def micro_batch(self) -> int:
+        return self.train.micro_batch or self.data.batch_size // self.resources.workers
+
+    def grad_accumulation(self) -> int:
+        return self.data.batch_size // (self.resources.workers * self.micro_batch())
+
+    def splits(self) -> tuple[str, ...]:
+        return self.eval.splits or self.task_info().splits
+
+
+TRIAL_CPU = 0.01  # the Tune function trial's own request; its workers hold the real resources
+
+
+def cluster_fit_problem(spec: StudySpec, cpus: float | None, gpus: float | None) -> str | None:
+    """Why one trial needs more CPUs/GPUs than the cluster can ever provide, or None."""
+    r = spec.resources
+    need_cpu = r.workers * r.cpus_per_worker + TRIAL_CPU
+    if cpus is not None and need_cpu > cpus + 1e-9:
+        return (f"{r.workers} workers x {r.cpus_per_worker} CPU (+{TRIAL_CPU} for the trial) = "
+                f"{need_cpu:g} CPUs, but the cluster has at most {cpus:g}; allowed: "
+                f"workers x cpus_per_worker <= {cpus - TRIAL_CPU:g}")
+    need_gpu = r.workers * r.gpus_per_worker
+    if gpus is not None and need_gpu > gpus + 1e-9:
+        return (f"{r.workers} workers x {r.gpus_per_worker} GPU = {need_gpu:g} GPUs, but the "
+                f"cluster has at most {gpus:g}; allowed: workers x gpus_per_worker <= {gpus:g}")
+    return None
+
+
+def check_fits_cluster(spec: StudySpec, cpus: float | None, gpus: float | None) -> None:
+    """The same check against a live cluster's resources, before any trial starts."""
+    problem = cluster_fit_problem(spec, cpus, gpus)
+    if problem:
+        raise SpecError([f"resources.workers: {problem}"], spec.name)
+
+
+# ------------------------------------------------------------------ errors
+
+
+class At(ValueError):
+    """A validation failure at `key`, relative to the section whose validator raised it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class SpecError(ValueError):
+    """Every problem of a spec, one line each: key path, bad value, what is allowed."""
+
+    def __init__(self, problems: list[str], source: str = "spec"):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section that `loc` points into."""
+    model: Any = StudySpec
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            continue
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), model)
+    return list(getattr(model, "model_fields", {}))
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    # pydantic's loc also names union branches ('str', 'ShapeSpec', 'function-after[...]'): drop them.
+    keys = [p for p in loc if isinstance(p, int) or (p[:1].islower() and "[" not in p and p not in _TYPE_TAGS)]
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "literal", "tuple", "dict", "list", "none",
+              "rung", "shape", "two"}
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    path = _path(err["loc"])
+    exc = err.get("ctx", {}).get("error")
+    if isinstance(exc, At):
+        key = f"{path}.{exc.key}" if path and exc.key and not exc.key.startswith("[") else path + exc.key
+        return f"{key}: {exc}"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(err["loc"])
+        return f"{path}: unknown key; allowed keys here: {', '.join(allowed)}" + _did_you_mean(
+            err["loc"][-1], allowed)
+    if err["type"] == "missing":
+        return f"{path}: required key is missing"
+    hint = ""
+    if err["type"] == "literal_error":
+        hint = _did_you_mean(err.get("input"), re.findall(r"'([^']+)'", err["ctx"]["expected"]))
+    return f"{path}: {err.get('input')!r} is not allowed: {err['msg']}{hint}"
+
+
+def validate(doc: dict[str, Any], source: str = "spec") -> StudySpec:
+    if not isinstance(doc, dict):
+        raise SpecError([f"the spec must be a mapping of keys; got {type(doc).__name__}"], source)
+    try:
+        return StudySpec.model_validate(doc)
+    except ValidationError as e:
+        errors = e.errors()
+        item_paths = {_path(err["loc"]) for err in errors}
+        # A list whose only item failed also reports "too short": the item's own error says it all.
+        errors = [err for err in errors if not (
+            err["type"] == "too_short" and any(p.startswith(_path(err["loc"]) + "[") for p in item_paths))]
+        problems = _merge_union_branches([_format_error(err) for err in errors])
+        raise SpecError(problems, source) from None
+    except SpecError as e:
+        raise SpecError(e.problems, source) from None
+
+
+def _merge_union_branches(problems: list[str]) -> list[str]:
+    """A value failing every branch of a union yields one error per branch: one line per key."""
+    merged: dict[str, list[str]] = {}
+    for p in problems:
+        key, _, rest = p.partition(": ")
+        merged.setdefault(key, [])
+        if rest not in merged[key]:
+            merged[key].append(rest)
+    return [f"{k}: {' | '.join(v)}" for k, v in merged.items()]
+
+
+# ------------------------------------------------------------------ loading
+
+
+def apply_override(doc: dict[str, Any], assignment: str) -> None:
+    """Apply one `key.path=value` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise SpecError([f"--set {assignment!r}: expected key.path=value"])
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise SpecError([f"--set {assignment!r}: empty key in {key!r}"])
+    node = doc
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise SpecError([f"--set {key}: {part!r} holds {nxt!r}, not a section"])
+        node = nxt
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError([f"{path}: no such spec file"])
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError([f"not valid YAML: {e}"], str(path)) from None
+    doc = doc or {}
+    for assignment in overrides:
+        apply_override(doc, assignment)
+    return validate(doc, str(path))
+
+
+def dump_spec(spec: StudySpec) -> str:
+    """The resolved spec as YAML (defaults filled in), as logged and stored with a study."""
+    return yaml.safe_dump(json.loads(spec.model_dump_json()), sort_keys=False)
+
+
+# ------------------------------------------------------------------ the grid
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs: its point on every axis plus the shared spec sections."""
+
+    study: str
+    trial_id: str
+    family: str
+    size: ladder.ModelSize
+    data_size: int
+    mixture: tuple[tuple[str, float], ...]
+    objective: str
+    technique: str
+    seed: int
+    spec: StudySpec
+
+    def __hash__(self) -> int:
+        return hash((self.study, self.trial_id))
+
+    @property
+    def mixture_name(self) -> str:
+        return mixture_name(dict(self.mixture))
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps to consume the data budget (whole global batches)."""
+        per_step = self.spec.data.batch_size * (self.spec.data.seq_len if self.spec.data.unit == "tokens" else 1)
+        return max(1, self.data_size // per_step)
+
+
+def mixture_name(mix: Mixture) -> str:
+    if not mix:
+        return "none"
+    if len(mix) == 1:
+        return next(iter(mix))
+    total = sum(mix.values())
+    return "+".join(f"{k}{round(100 * v / total)}" for k, v in mix.items())
+
+
+def format_data_size(n: int) -> str:
+    """1000000 -> '1e6', 20000 -> '2e4', 32000 -> '3.2e4'."""
+    mantissa, exp = f"{n:.6e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exp)}"
+
+
+def expand(spec: StudySpec) -> list[TrialConfig]:
+    """The cross product of every axis given as a list, in a stable order."""
+    mixtures = spec.data.mixtures()
+    trials = []
+    for size, d, mix, obj, tech, seed in itertools.product(
+        spec.model.resolved_sizes(), spec.data.sizes, mixtures, spec.objective,
+        spec.technique, spec.seeds,
+    ):
+        parts = [f"{spec.model.family}-{size.name}", f"D{format_data_size(int(d))}"]
+        if len(mixtures) > 1:
+            parts.append(mixture_name(mix))
+        parts += [obj, tech, f"s{seed}"]
+        trials.append(TrialConfig(
+            study=spec.name, trial_id="_".join(parts), family=spec.model.family, size=size,
+            data_size=int(d), mixture=tuple(mix.items()), objective=obj, technique=tech,
+            seed=seed, spec=spec,
+        ))
+    ids = [t.trial_id for t in trials]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise SpecError([f"the grid repeats trial {dupes[0]!r}; allowed: distinct axis values"])
+    return trials

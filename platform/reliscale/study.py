@@ -1,0 +1,163 @@
+"""The study driver: a Ray Tune grid whose trials each fit a Ray Train TorchTrainer.
+
+Ray 2.60 runs Train V2, where `Tuner(TorchTrainer)` is refused; each Tune trial
+is therefore a function that builds and fits its own TorchTrainer, forwarding
+the workers' reports to Tune with `TuneReportCallback`. The Tune trial holds a
+token 0.01 CPU; its workers hold the real resources.
+
+Everything that can fail cheaply is checked before the first trial starts: the
+spec, the storage path, the tracking store and the cluster's size.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import yaml
+
+from reliscale import tracking
+from reliscale.plan import param_counts, plan_trial
+from reliscale.spec import (
+    TRIAL_CPU,
+    SpecError,
+    StudySpec,
+    check_fits_cluster,
+    dump_spec,
+    expand,
+    validate,
+)
+
+SPEC_FILE = "spec.yaml"
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("RELISCALE_ROOT", "studies"))
+
+
+class StudyPaths:
+    """Where a study keeps its spec, tracking store and checkpoints."""
+
+    def __init__(self, spec: StudySpec, root: Path):
+        self.dir = (root / spec.name).resolve()
+        self.storage = Path(spec.storage.path).resolve() if spec.storage.path else self.dir / "checkpoints"
+        self.tracking_uri = spec.tracking.uri or tracking.default_uri(self.dir)
+        self.artifacts = self.dir / "mlflow-artifacts"
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.storage / "tune"
+
+
+def load_study_spec(study: str, root: Path) -> StudySpec:
+    """The spec stored with a study, given its folder or its name under `root`."""
+    folder = Path(study) if Path(study, SPEC_FILE).is_file() else root / study
+    path = folder / SPEC_FILE
+    if not path.is_file():
+        raise SpecError([f"{study!r}: no study there (looked for {path})"])
+    return validate(yaml.safe_load(path.read_text()), str(path))
+
+
+def _check_storage(paths: StudyPaths) -> None:
+    try:
+        paths.storage.mkdir(parents=True, exist_ok=True)
+        probe = paths.storage / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise SpecError([f"storage.path: {str(paths.storage)!r} is not writable ({e.strerror or e}); "
+                         "allowed: a writable folder with free space"]) from None
+
+
+def _check_tracking(uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        tracking.with_retries(lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1),
+                              "reach tracking store", attempts=3, base_delay=0.5)
+    except Exception as e:
+        raise SpecError([f"tracking.uri: {uri!r} is unreachable ({type(e).__name__}: {str(e)[:200]}); "
+                         "allowed: a reachable MLflow tracking URI"]) from None
+
+
+def _write_spec(spec: StudySpec, paths: StudyPaths) -> None:
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    path = paths.dir / SPEC_FILE
+    text = dump_spec(spec)
+    if path.exists() and path.read_text() != text:
+        raise SpecError([f"name: study {spec.name!r} already exists in {paths.dir} with a different "
+                         "spec; allowed: a new name, or `reliscale resume` for the stored spec"])
+    path.write_text(text)
+
+
+def connect_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS (or the job's cluster), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {"PYTHONUNBUFFERED": "1"}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
+    else:
+        ray.init(runtime_env=env)  # dashboard on 127.0.0.1 only; Ray Train's state API needs it
+
+
+def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: float = 15.0):
+    """Run (or continue) a study; returns Tune's ResultGrid."""
+    from ray import tune
+
+    from reliscale.progress import ProgressView
+    from reliscale.trial import run_trial
+
+    paths = StudyPaths(spec, root or default_root())
+    trials = expand(spec)
+    _write_spec(spec, paths)
+    _check_storage(paths)
+    _check_tracking(paths.tracking_uri)
+
+    counts = param_counts(trials)
+    rows = {t.trial_id: plan_trial(t, counts[t.trial_id]) for t in trials}
+    runs = tracking.StudyRuns(paths.tracking_uri, spec.name, paths.artifacts)
+    run_ids = {t.trial_id: runs.trial_run(t, tracking.trial_params(t, counts[t.trial_id],
+                                                                    rows[t.trial_id].flops))
+               for t in trials}
+    runs.client.log_text(runs.parent_id, dump_spec(spec), "spec.yaml")
+
+    connect_ray()
+    import ray
+
+    if spec.resources.cluster_cpus is None:
+        total = ray.cluster_resources()
+        check_fits_cluster(spec, total.get("CPU", 0.0), total.get("GPU", 0.0))
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, trials={t.trial_id: t for t in trials}, run_ids=run_ids,
+                             tracking_uri=paths.tracking_uri, storage=str(paths.storage / "trials")),
+        {"cpu": TRIAL_CPU},
+    )
+    view = ProgressView(spec.name, {k: r.flops for k, r in rows.items()},
+                        {t.trial_id: t.data_size for t in trials},
+                        min(spec.resources.max_concurrent_trials, len(trials)), progress_interval_s)
+    run_config = tune.RunConfig(
+        name="tune", storage_path=str(paths.storage), verbose=0, callbacks=[view],
+        failure_config=tune.FailureConfig(max_failures=1),
+    )
+    if tune.Tuner.can_restore(str(paths.tune_dir)):
+        tuner = tune.Tuner.restore(str(paths.tune_dir), trainable, resume_errored=True,
+                                   param_space={"trial_id": tune.grid_search([t.trial_id for t in trials])})
+        # The restored Tuner unpickles the old run's callbacks; show this run's view instead.
+        tuner._local_tuner.get_run_config().callbacks = [view]
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial_id": tune.grid_search([t.trial_id for t in trials])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials),
+            run_config=run_config,
+        )
+    results = tuner.fit()
+    errors = [r for r in results if r.error]
+    status = "FINISHED" if not errors else "FAILED"
+    runs.client.set_terminated(runs.parent_id, status)
+    return results

@@ -1,0 +1,48 @@
+"""What the spec needs to know about each task, without importing any of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    kind: str  # "regression" | "classification" | "lm"
+    unit: str  # what data.sizes counts: "examples" or "tokens"
+    families: tuple[str, ...]
+    techniques: tuple[str, ...]
+    splits: tuple[str, ...]
+    metrics: tuple[str, ...]
+    function_classes: tuple[str, ...] = ()
+    default_mixture: dict[str, float] = field(default_factory=dict)
+
+
+ICL_CLASSES = ("dense_linear", "sparse_linear", "relu2nn", "sinusoid")
+ICL_METRICS = ("mse", "mse_first", "mse_mid", "mse_last", "ls_ratio",
+               "baseline_ls", "baseline_avg", "baseline_knn", "baseline_zero")
+CLASSIFICATION_METRICS = (
+    "accuracy", "nll", "brier", "ece", "ece_mass", "calibration_auroc", "aurc",
+    "sel_acc_50", "sel_acc_80", "sel_acc_90",
+    "ood_auroc_msp", "ood_auroc_entropy", "ood_aupr_in", "ood_aupr_out", "fpr95", "ood_auroc_variance",
+)
+TECHNIQUES = ("none", "batchensemble", "gp", "het")
+
+TASKS: dict[str, TaskInfo] = {
+    # In-context regression over function classes (Garg et al. 2022; Yadlowsky et al. 2023).
+    "icl": TaskInfo(
+        kind="regression", unit="examples", families=("decoder",), techniques=("none",),
+        splits=("id", "ood_class", "wnorm", "xscale"), metrics=ICL_METRICS,
+        function_classes=ICL_CLASSES, default_mixture={"dense_linear": 1.0},
+    ),
+    # MNIST-1D, generated procedurally: in-distribution, covariate shifts and unseen classes.
+    "mnist1d": TaskInfo(
+        kind="classification", unit="examples", families=("vit", "encdec", "decoder"),
+        techniques=TECHNIQUES, splits=("id", "noise", "scale", "shift", "blur", "ood"),
+        metrics=CLASSIFICATION_METRICS,
+    ),
+    # Next-token prediction on a local token file or a seeded synthetic language.
+    "lm": TaskInfo(
+        kind="lm", unit="tokens", families=("decoder",), techniques=("none",),
+        splits=("id",), metrics=("loss", "perplexity"),
+    ),
+}

@@ -1,0 +1,163 @@
+"""The per-worker training loop of one trial (runs inside a Ray Train worker).
+
+build task and model → DeepSpeed engine → stream micro-batches until the data
+budget is consumed → at log-spaced eval points: evaluate, log to MLflow (rank 0),
+checkpoint every rank's DeepSpeed state and report to Ray Train.
+A restarted worker group resumes from the latest readable checkpoint: same step,
+same data position (batches are a pure function of seed, rank, step), same
+optimizer and schedule state, same objective weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+
+from reliscale.engine import build_engine, init_deepspeed_comm
+from reliscale.evaluate import eval_schedule
+from reliscale.faults import maybe_kill_worker
+from reliscale.models import build_model
+from reliscale.objectives import build_objective
+from reliscale.tasks import build_evaluator, build_task
+from reliscale.tracking import TrialLogger
+
+log = logging.getLogger("reliscale.train")
+CKPT_TAG = "ds"
+
+
+def data_seen(trial, steps_done: int) -> int:
+    per_step = trial.spec.data.batch_size
+    if trial.spec.data.unit == "tokens":
+        per_step *= trial.spec.data.seq_len
+    return steps_done * per_step
+
+
+def _restore(engine, objective) -> int:
+    """Load the latest readable checkpoint; returns the number of optimizer steps already done."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0
+    latest = Path(ckpt.path)
+    # Kept checkpoints sit side by side in the trial's storage folder, newest last.
+    candidates = sorted(p for p in latest.parent.glob("step_*") if p.is_dir())[::-1] or [latest]
+    for path in candidates:
+        try:
+            _, client = engine.load_checkpoint(str(path), tag=CKPT_TAG)
+            if client is None:
+                raise RuntimeError("no DeepSpeed state in it")
+        except Exception as e:
+            log.warning("checkpoint %s is unreadable (%s); falling back to the previous one", path.name, e)
+            continue
+        if path != candidates[0]:
+            log.warning("resumed from %s instead of the newest checkpoint %s", path.name, candidates[0].name)
+        objective.load_state_dict(client["objective"])
+        return int(client["step"])
+    log.warning("no readable checkpoint; starting from scratch")
+    return 0
+
+
+def _mean_over_ranks(total: float, count: int) -> float:
+    t = torch.tensor([total, count], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return float(t[0] / max(t[1], 1))
+
+
+def train_loop(config: dict) -> None:
+    t_start = time.perf_counter()
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one line per report and checkpoint
+    trial, run_id, uri = config["trial"], config["run_id"], config["tracking_uri"]
+    spec = trial.spec
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    timings: dict[str, float] = defaultdict(float)
+
+    init_deepspeed_comm()
+    torch.manual_seed(trial.seed)  # identical initial weights on every rank
+    task = build_task(trial, world, config.get("cache_dir"))
+    model = build_model(trial)
+    if spec.train.activation_checkpointing:
+        for module in model.modules():
+            if hasattr(module, "gradient_checkpointing_enable"):
+                module.gradient_checkpointing_enable()
+    t0 = time.perf_counter()
+    engine = build_engine(model, spec, trial.steps)
+    timings["time/deepspeed_init_s"] = time.perf_counter() - t0
+    objective = build_objective(trial.objective, task.num_groups, spec.objective_options.step_size)
+    evaluator = build_evaluator(task, trial)
+    start = _restore(engine, objective)
+
+    logger = TrialLogger(uri, run_id) if rank == 0 else None
+    already = logger.logged_steps("train/loss") if logger else set()
+    if logger:
+        logger.start()
+    evals = [s for s in eval_schedule(trial.steps, spec.eval.points) if s > start]
+    micro, accum = spec.micro_batch(), spec.grad_accumulation()
+    loss_sum, loss_n = 0.0, 0
+    timings["time/setup_s"] = time.perf_counter() - t_start
+
+    for step in range(start, trial.steps):
+        t0 = time.perf_counter()
+        engine.train()
+        for m in range(accum):
+            batch = {k: torch.as_tensor(v, device=engine.device)
+                     for k, v in task.train_batch(step, m, rank, micro).items()}
+            loss = objective(engine(batch), batch["group"])
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.item()
+            loss_n += 1
+        timings["time/train_s"] += time.perf_counter() - t0
+        maybe_kill_worker(trial.study, trial.trial_id, rank, step + 1)
+        if step + 1 not in evals:
+            continue
+
+        t0 = time.perf_counter()
+        engine.eval()
+        metrics = evaluator.run(engine.module, engine.device, rank, world)
+        timings["time/eval_s"] += time.perf_counter() - t0
+        metrics["train/loss"] = _mean_over_ranks(loss_sum, loss_n)
+        metrics["train/lr"] = engine.get_lr()[0]
+        if task.num_groups > 1:
+            for name, w, g_loss in zip(task.group_names, objective.weights(), objective.group_loss.tolist(),
+                                       strict=True):
+                metrics[f"train/group_weight/{name}"] = w
+                metrics[f"train/group_loss/{name}"] = g_loss
+        loss_sum, loss_n = 0.0, 0
+        seen = data_seen(trial, step + 1)
+
+        t0 = time.perf_counter()
+        if logger and seen not in already:
+            logger.log_metrics(metrics, step=seen)
+        timings["time/log_s"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            engine.save_checkpoint(tmp, tag=CKPT_TAG,
+                                   client_state={"step": step + 1, "objective": objective.state_dict()})
+            report = {"step": step + 1, "data_seen": seen, "data_size": trial.data_size, **metrics}
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"step_{step + 1:09d}")
+        timings["time/checkpoint_report_s"] += time.perf_counter() - t0
+
+    if logger and (evals or not logger.finished()):
+        _finish(logger, evaluator, trial, timings)
+
+
+def _finish(logger: TrialLogger, evaluator, trial, timings: dict[str, float]) -> None:
+    """Artifacts (curves, plots, predictions) and the timing breakdown; then close the run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in evaluator.write_artifacts(Path(tmp)):
+            logger.log_artifact(path, "eval")
+    final = data_seen(trial, trial.steps)
+    logger.log_metrics({k: float(np.round(v, 4)) for k, v in timings.items()}, step=final)
+    logger.finish()

@@ -1,0 +1,44 @@
+"""One Tune trial: build and fit the trial's Ray Train TorchTrainer.
+
+Kept light on purpose: the Tune trial actor imports this module, and the
+workers import the heavy training stack (torch, DeepSpeed, transformers) only
+inside `worker_loop`, so the trial actor starts in a second, not in ten.
+"""
+
+from __future__ import annotations
+
+from reliscale.spec import TrialConfig
+
+
+def worker_loop(config: dict) -> None:
+    """The function every Ray Train worker runs."""
+    from reliscale.train import train_loop
+
+    train_loop(config)
+
+
+def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, str], tracking_uri: str,
+              storage: str) -> None:
+    """Fit the TorchTrainer of trial `config["trial_id"]`; it restores from its own checkpoints."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial = trials[config["trial_id"]]
+    r = trial.spec.resources
+    resources = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker:
+        resources["GPU"] = r.gpus_per_worker
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"trial": trial, "run_id": run_ids[trial.trial_id], "tracking_uri": tracking_uri},
+        scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=trial.trial_id, storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()

@@ -1,0 +1,41 @@
+"""Shared fixtures: paths, and small specs written as YAML like a researcher would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    """Write a spec dict to a YAML file and return its path."""
+
+    def write(doc: dict, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    return write
+
+
+def tiny_icl_spec(name: str = "tiny", **over) -> dict:
+    """A small valid ICL spec; keyword arguments replace top-level sections."""
+    doc = {
+        "name": name,
+        "model": {"family": "decoder", "sizes": ["S0"]},
+        "data": {"task": "icl", "dim": 3, "points": 8, "sizes": [256], "batch_size": 32},
+        "eval": {"points": 3, "examples": 64},
+        "train": {"zero_stage": 2},
+        "resources": {"workers": 2, "cpus_per_worker": 0.49, "max_concurrent_trials": 2},
+    }
+    doc.update(over)
+    return doc

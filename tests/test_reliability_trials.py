@@ -1,0 +1,63 @@
+"""The reliability suite inside real trials: ViT on MNIST-1D × every technique, ZeRO-2, MLflow."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from reliscale.spec import load_spec
+from reliscale.study import StudyPaths, run_study
+from reliscale.tasks.registry import CLASSIFICATION_METRICS
+
+pytestmark = pytest.mark.slow
+
+SHIFTED = ("noise", "scale", "shift", "blur")
+
+
+@pytest.fixture(scope="module")
+def study(repo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("studies")
+    spec = load_spec(repo / "jobs" / "vit_plex_smoke.yaml", ["eval.examples=768"])
+    ray.init(num_cpus=2)
+    try:
+        results = run_study(spec, root, progress_interval_s=60)
+    finally:
+        ray.shutdown()
+    assert not [r for r in results if r.error]
+    paths = StudyPaths(spec, root)
+    client = MlflowClient(paths.tracking_uri)
+    exp = client.get_experiment_by_name(spec.name)
+    runs = client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")
+    return client, {r.data.params["technique"]: r for r in runs}
+
+
+def test_every_technique_logs_every_metric_on_every_split(study):
+    client, runs = study
+    assert sorted(runs) == ["batchensemble", "gp", "het", "none"]
+    in_dist = [m for m in CLASSIFICATION_METRICS if not m.startswith(("ood", "fpr"))]
+    for technique, run in runs.items():
+        logged = run.data.metrics
+        for split in ("id", *SHIFTED):
+            missing = [m for m in in_dist if m != "ood_auroc_variance" and f"eval/{split}/{m}" not in logged]
+            assert not missing, (technique, split, missing)
+        for split in SHIFTED:
+            assert f"eval/{split}/gap_accuracy" in logged
+        for m in ("ood_auroc_msp", "ood_auroc_entropy", "ood_aupr_in", "ood_aupr_out", "fpr95"):
+            assert f"eval/ood/{m}" in logged, (technique, m)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+        assert {"eval/reliability_id.png", "eval/risk_coverage_id.png", "eval/predictions.npz"} <= artifacts
+
+
+def test_trained_models_detect_unseen_classes_above_chance(study):
+    _, runs = study
+    for technique, run in runs.items():
+        assert run.data.metrics["eval/id/accuracy"] > 0.5, technique
+        assert run.data.metrics["eval/ood/ood_auroc_msp"] > 0.6, technique
+
+
+def test_gp_variance_is_larger_on_ood_inputs(study):
+    _, runs = study
+    m = runs["gp"].data.metrics
+    assert m["eval/ood/mean_variance"] > m["eval/id/mean_variance"]
+    assert m["eval/ood/ood_auroc_variance"] > 0.5
