@@ -10,8 +10,9 @@ import sys
 
 import pytest
 import torch
-from reliscale.heads import GPHead, build_head
 from torch import nn
+
+from reliscale.heads import GPHead, build_head
 
 # name -> (technique, options)
 HEADS = {

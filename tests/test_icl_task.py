@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from reliscale.evaluate import eval_schedule
 from reliscale.tasks.icl import ICLTask, baseline_errors, icl_metrics, ood_class, sample_prompts
 from reliscale.tasks.registry import ICL_CLASSES

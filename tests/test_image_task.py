@@ -4,10 +4,11 @@ that the shifts shift something."""
 import numpy as np
 import pytest
 import torch
-from reliscale.tasks import images
-from reliscale.tasks.images import ImageTask
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
+
+from reliscale.tasks import images
+from reliscale.tasks.images import ImageTask
 
 SHIFTS = ("noise", "scale", "shift", "blur")
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from reliscale import ladder
 from reliscale.models import meta_param_counts
 from reliscale.spec import expand, load_spec

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from reliscale.engine import lr_lambda
 from reliscale.objectives import build_objective
 

@@ -3,9 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from test_scalinglaws_laws import COARSE, TRUE, chinchilla_data
+
 from scalinglaws import ChinchillaLaw, PowerLaw, bootstrap, holdout_largest
 from scalinglaws.bootstrap import resample_weights
-from test_scalinglaws_laws import COARSE, TRUE, chinchilla_data
 
 
 def test_90pct_intervals_cover_true_parameters_at_about_the_nominal_rate():
@@ -23,8 +24,10 @@ def test_90pct_intervals_cover_true_parameters_at_about_the_nominal_rate():
 def test_prediction_band_contains_the_point_prediction_and_widens_with_extrapolation():
     df = chinchilla_data(seed=0, sigma=0.01, n=6)
     boot = bootstrap(ChinchillaLaw(y="loss", grid=COARSE), df, n=200, seed=0)
-    band = boot.predict_ci([1e8, 1e12], [1e10, 1e14], level=0.9)
+    band = boot.predict_ci(([1e8, 1e12], [1e10, 1e14]), 0.9)
     assert list(band.columns) == ["pred", "lo", "hi"]
+    same = boot.predict_ci(pd.DataFrame({"n_params": [1e8, 1e12], "data_size": [1e10, 1e14]}), level=0.9)
+    pd.testing.assert_frame_equal(band, same)
     assert (band["lo"] <= band["pred"]).all() and (band["pred"] <= band["hi"]).all()
     rel_width = (band["hi"] - band["lo"]) / band["pred"]
     assert rel_width[1] > 2 * rel_width[0]  # far outside the data the band is much wider

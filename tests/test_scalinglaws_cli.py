@@ -5,9 +5,10 @@ import subprocess
 import sys
 
 import pytest
-from scalinglaws.cli import main
 from test_scalinglaws_laws import TRUE, chinchilla_data
 from test_scalinglaws_load import shared_study
+
+from scalinglaws.cli import main
 
 KEYS = {"form", "params", "ci", "n_points", "loss"}
 
@@ -90,6 +91,11 @@ def test_missing_inputs_exit_2(study, tmp_path, capsys):
     assert "--csv: file not found" in capsys.readouterr().err
     assert main(["fit", "--experiment", "ghost", "--tracking-uri", study, "--metric", "train/loss"]) == 2
     assert "--experiment: no MLflow experiment named 'ghost'" in capsys.readouterr().err
+
+
+def test_main_accepts_arguments_without_the_fit_command(csv_path, capsys):
+    assert main(["--csv", str(csv_path), "--x", "n_params", "--y", "loss", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["form"] == "power"
 
 
 def test_help_exits_0(capsys):

@@ -3,6 +3,9 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.optimize import minimize_scalar
+from scipy.stats import pearsonr, spearmanr
+
 from scalinglaws import (
     BrokenPowerLaw,
     ChinchillaLaw,
@@ -12,8 +15,6 @@ from scalinglaws import (
     metric_correlation,
     required_size,
 )
-from scipy.optimize import minimize_scalar
-from scipy.stats import pearsonr, spearmanr
 
 EPOCH = ChinchillaLaw.from_params(E=1.8172, A=482.01, B=2085.43, alpha=0.34781, beta=0.36585)
 

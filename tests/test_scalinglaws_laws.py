@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+
 from scalinglaws import BrokenPowerLaw, ChinchillaLaw, PowerLaw, SigmoidOfLoss
 
 TRUE = {"E": 1.7, "A": 400.0, "B": 1100.0, "alpha": 0.34, "beta": 0.29}

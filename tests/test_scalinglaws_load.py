@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scalinglaws import ChinchillaLaw, final_points, from_csv, load_study
 from test_scalinglaws_laws import TRUE
+
+from scalinglaws import ChinchillaLaw, final_points, from_csv, load_study
 
 SIZES = {"S0": 2e7, "S1": 8e7, "S2": 3e8, "S3": 1e9}
 DATA_SIZES = (2e9, 8e9, 3e10)

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from scalinglaws import BrokenPowerLaw, ChinchillaLaw, SigmoidOfLoss, bootstrap
 
 FIXTURES = Path(__file__).parent / "fixtures"

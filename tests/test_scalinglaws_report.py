@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from scalinglaws import ChinchillaLaw, PowerLaw, SigmoidOfLoss, bootstrap, load_study, write_report
-from scalinglaws.plots import plot_correlation, plot_fit, plot_isoflop, save_figure
 from test_scalinglaws_laws import COARSE, TRUE, chinchilla_data
 from test_scalinglaws_load import shared_study
+
+from scalinglaws import ChinchillaLaw, PowerLaw, SigmoidOfLoss, bootstrap, load_study, write_report
+from scalinglaws.plots import plot_correlation, plot_fit, plot_isoflop, save_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_icl_spec
+
 from reliscale.spec import SpecError, TrialConfig, expand, load_spec
+
+from conftest import tiny_icl_spec
 
 
 def problems(write_spec, doc, overrides=()) -> str:

@@ -9,10 +9,12 @@ import math
 
 import pytest
 import ray
-from conftest import tiny_icl_spec
 from mlflow.tracking import MlflowClient
+
 from reliscale.spec import validate
 from reliscale.study import StudyPaths, run_study
+
+from conftest import tiny_icl_spec
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +86,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
     doc = tiny_icl_spec("faulty")
     doc["data"]["sizes"] = [2048]  # 64 steps of 32 prompts
     doc["eval"]["points"] = 4  # checkpoints after steps 1, 4, 16, 64: the kill after step 40 resumes at 16
+    doc["resources"]["max_failures"] = 1
     faulty = validate(doc)
     reference = validate({**doc, "name": "reference"})
 
@@ -92,9 +95,9 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
     assert not [r for r in run_study(reference, tmp_path, progress_interval_s=60) if r.error]
 
     client, faulty_runs = child_runs(faulty, tmp_path)
-    _, ref_runs = child_runs(reference, tmp_path)
+    ref_client, ref_runs = child_runs(reference, tmp_path)  # each study has its own store
     (faulty_run,), (ref_run,) = faulty_runs.values(), ref_runs.values()
-    got, want = final_metrics(client, faulty_run), final_metrics(client, ref_run)
+    got, want = final_metrics(client, faulty_run), final_metrics(ref_client, ref_run)
     assert got.keys() == want.keys() and got
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-7), k

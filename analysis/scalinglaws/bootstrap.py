@@ -46,11 +46,13 @@ class BootstrapResult:
         """Bootstrap standard error of each parameter."""
         return {k: float(v) for k, v in self.samples.std(ddof=1).items()}
 
-    def predict_ci(self, *X: Any, level: float = 0.95) -> pd.DataFrame:
-        """Point prediction and percentile band at X: columns `pred`, `lo`, `hi`."""
-        preds = self.law.predict_many(self.thetas, *X)
+    def predict_ci(self, X: Any, level: float = 0.95) -> pd.DataFrame:
+        """Point prediction and percentile band at X: columns `pred`, `lo`, `hi`.
+        X: a DataFrame, an (n, n_inputs) array, or a tuple with one array per input."""
+        inputs = X if isinstance(X, tuple) else (X,)
+        preds = self.law.predict_many(self.thetas, *inputs)
         lo, hi = np.nanquantile(preds, _tails(level), axis=0)
-        return pd.DataFrame({"pred": self.law.predict(*X), "lo": lo, "hi": hi})
+        return pd.DataFrame({"pred": self.law.predict(*inputs), "lo": lo, "hi": hi})
 
 
 def _tails(level: float) -> list[float]:
@@ -92,8 +94,7 @@ def bootstrap(
     if isinstance(groups, str):
         if not isinstance(data, pd.DataFrame):
             raise ValueError("groups given as a column name needs a DataFrame")
-        keep = np.isfinite(law.design(data)).all(axis=1) & data[_ycol(law, y)].notna().to_numpy()
-        groups = data[groups].to_numpy()[keep]
+        groups = data[groups].to_numpy()[law.usable(data, y)]
     elif groups is not None and len(groups) != len(yv):
         raise ValueError(f"groups has {len(groups)} entries for {len(yv)} usable rows")
     weights = resample_weights(len(yv), n, np.random.default_rng(seed), groups)
@@ -101,6 +102,3 @@ def bootstrap(
     res = minimize_batched(law.objective(X, law._target(yv), weights), starts)
     return BootstrapResult(law=law, thetas=law._canonical(res.x), converged=res.converged)
 
-
-def _ycol(law: Law, y: Any) -> str:
-    return y if isinstance(y, str) else law.y

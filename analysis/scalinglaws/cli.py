@@ -1,5 +1,4 @@
-"""Command line: `python -m scalinglaws fit ...` (and `reliscale fit ...`, which calls
-`main(["fit", *args])`).
+"""Command line: `python -m scalinglaws fit ...`; `reliscale fit ...` calls `main(argv)`.
 
   fit --experiment NAME [--tracking-uri URI] --metric M [--x n_params,data_size] [--form F]
       [--bootstrap K] [--holdout-largest K] [--report DIR] [--json]
@@ -16,13 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from scalinglaws.bootstrap import bootstrap
 from scalinglaws.laws import FORMS, Law
 from scalinglaws.load import final_points, from_csv, load_study
-from scalinglaws.summary import describe, law_summary
+from scalinglaws.summary import describe, json_default, law_summary
 from scalinglaws.validate import holdout_largest
 
 DEFAULT_X = {"chinchilla": "n_params,data_size", "power": "n_params", "broken-power": "data_size"}
@@ -37,11 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit a law to a study (MLflow) or a CSV")
     src = fit.add_mutually_exclusive_group(required=True)
-    src.add_argument("--experiment", help="MLflow experiment (= study name)")
-    src.add_argument("--csv", type=Path, help="a CSV table, one row per point")
-    fit.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default)")
-    fit.add_argument("--metric", "--y", dest="y", required=True, help="the column to fit, e.g. train/loss")
-    fit.add_argument("--x", help="comma-separated input column(s); default by form: "
+    src.add_argument("--experiment", metavar="NAME", help="MLflow experiment (= study name)")
+    src.add_argument("--csv", type=Path, metavar="FILE", help="a CSV table, one row per point")
+    fit.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: MLflow's own default)")
+    fit.add_argument("--metric", "--y", dest="y", required=True, metavar="COL",
+                     help="the column to fit, e.g. train/loss")
+    fit.add_argument("--x", metavar="COLS", help="comma-separated input column(s); default by form: "
                      + "; ".join(f"{k}: {v}" for k, v in DEFAULT_X.items()))
     fit.add_argument("--form", choices=list(FORMS), help="default: chinchilla for 2 x columns, else power")
     fit.add_argument("--increasing", action="store_true",
@@ -114,10 +113,13 @@ def fit_command(args: argparse.Namespace) -> int:
     law = _make_law(args, df)
     try:
         law.fit(df)
-        boot = bootstrap(law, df, n=args.bootstrap, seed=args.seed) if args.bootstrap else None
+    except ValueError as e:  # e.g. y <= 0 for a law fitted in log space
+        raise UsageError(f"--metric {args.y}: {e}") from None
+    boot = bootstrap(law, df, n=args.bootstrap, seed=args.seed) if args.bootstrap else None
+    try:
         ho = holdout_largest(law, df, k=args.holdout_largest) if args.holdout_largest else None
     except ValueError as e:
-        raise UsageError(f"--metric {args.y}: {e}") from None
+        raise UsageError(f"--holdout-largest: {e}") from None
     summary = law_summary(law, boot, ho, args.level)
     if args.report:
         from scalinglaws.report import write_report
@@ -125,7 +127,7 @@ def fit_command(args: argparse.Namespace) -> int:
         write_report(df, args.report, {args.y: law}, n_boot=args.bootstrap,
                      holdout=args.holdout_largest, level=args.level, seed=args.seed)
     if args.json:
-        print(json.dumps(summary, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
+        print(json.dumps(summary, default=json_default))
     else:
         _print_summary(law, summary, args.level)
         if args.report:
@@ -134,6 +136,11 @@ def fit_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status. `fit` is the only command, so argv may omit it
+    (`reliscale fit --csv ...` can pass its arguments after "fit" straight through)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0].startswith("--") and argv[0] != "--help":
+        argv = ["fit", *argv]
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

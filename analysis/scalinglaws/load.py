@@ -9,6 +9,7 @@ mlflow.parentRunId and reliscale.trial_id; params are the trial's axes and sizes
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,32 +32,46 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise LookupError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
+    runs = _trial_runs(client, exp.experiment_id)
+    if not runs:
+        raise LookupError(f"experiment {experiment!r} has no trial runs (tag {ROLE}=trial)")
+    params = _params_frame(runs)
+    values = _metrics_frame(client, runs)
+    metric_cols = sorted(values.columns.difference(["run_id", "data_seen"]), key=_metric_order)
+    df = params.merge(values[["run_id", "data_seen", *metric_cols]], on="run_id", how="left")
+    return df.sort_values(["trial_id", "data_seen"], ignore_index=True)
+
+
+def _trial_runs(client: Any, experiment_id: str) -> list[Any]:
     runs, token = [], None
     while True:
-        page = client.search_runs(
-            [exp.experiment_id], f"tags.`{ROLE}` = 'trial'", max_results=1000, page_token=token
-        )
+        page = client.search_runs([experiment_id], f"tags.`{ROLE}` = 'trial'", max_results=1000, page_token=token)
         runs += list(page)
         token = page.token
         if not token:
-            break
-    if not runs:
-        raise LookupError(f"experiment {experiment!r} has no trial runs (tag {ROLE}=trial)")
+            return runs
 
-    meta, history = [], []
-    for run in runs:
-        run_id = run.info.run_id
-        meta.append(
-            {"run_id": run_id, "parent_run_id": run.data.tags.get(PARENT),
-             "status": run.info.status, **run.data.params,
-             "trial_id": run.data.params.get("trial_id", run.data.tags.get(TRIAL_ID))}
-        )
-        for key in run.data.metrics:
-            history += [(run_id, key, m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)]
 
-    params = pd.DataFrame(meta)
+def _params_frame(runs: list[Any]) -> pd.DataFrame:
+    """One row per run: ids, status and params (numeric where every value parses)."""
+    params = pd.DataFrame([
+        {"run_id": r.info.run_id, "parent_run_id": r.data.tags.get(PARENT), "status": r.info.status,
+         **r.data.params, "trial_id": r.data.params.get("trial_id", r.data.tags.get(TRIAL_ID))}
+        for r in runs
+    ])
     for col in params.columns.difference(["run_id", "parent_run_id", "status", *LABEL_PARAMS]):
         params[col] = _maybe_numeric(params[col])
+    return params
+
+
+def _metrics_frame(client: Any, runs: list[Any]) -> pd.DataFrame:
+    """One row per (run, step), one column per metric key; the last logged value wins."""
+    history = [
+        (r.info.run_id, key, m.step, m.timestamp, m.value)
+        for r in runs
+        for key in r.data.metrics
+        for m in client.get_metric_history(r.info.run_id, key)
+    ]
     values = (
         pd.DataFrame(history, columns=["run_id", "key", "data_seen", "timestamp", "value"])
         .sort_values("timestamp", kind="stable")
@@ -65,9 +80,7 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame
         .reset_index()
     )
     values.columns.name = None
-    metric_cols = sorted(values.columns.difference(["run_id", "data_seen"]), key=_metric_order)
-    df = params.merge(values[["run_id", "data_seen", *metric_cols]], on="run_id", how="left")
-    return df.sort_values(["trial_id", "data_seen"], ignore_index=True)
+    return values
 
 
 def _maybe_numeric(col: pd.Series) -> pd.Series:

@@ -51,7 +51,14 @@ def _direction(g: np.ndarray, s: np.ndarray, y: np.ndarray, rho: np.ndarray, gam
     return -r
 
 
-def minimize_batched(
+def minimize_batched(*args, **kwargs) -> BatchResult:
+    """`_minimize_batched` with floating-point warnings silenced: starts that overflow or
+    divide by zero are expected in a wide grid and are dropped (non-finite objective)."""
+    with np.errstate(all="ignore"):
+        return _minimize_batched(*args, **kwargs)
+
+
+def _minimize_batched(
     fun: BatchObjective,
     x0: np.ndarray,
     *,

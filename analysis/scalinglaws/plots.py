@@ -34,7 +34,7 @@ def _label(col: str) -> str:
 def _figure(ncols: int = 1) -> tuple[Figure, list[Axes]]:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.0 * ncols, 4.5), layout="constrained")
+    fig = Figure(figsize=(7.0 * ncols, 4.5), layout="constrained")
     return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
 
 
@@ -48,17 +48,18 @@ def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
     return paths
 
 
-def _groups(values: np.ndarray, max_groups: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """Group index per value and a representative value per group: the distinct values,
-    or, when there are too many (continuous D), log-spaced bins and their geometric means."""
+def _groups(values: np.ndarray, max_groups: int = 6) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Group index per value, a representative value per group, and whether they are bins:
+    the distinct values, or, when there are too many (continuous D), log-spaced bins
+    represented by their geometric means."""
     distinct = np.unique(values)
     if len(distinct) <= max_groups:
-        return np.searchsorted(distinct, values), distinct
+        return np.searchsorted(distinct, values), distinct, False
     edges = np.geomspace(values.min(), values.max(), max_groups + 1)
     idx = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, max_groups - 1)
     used = np.unique(idx)
     reps = np.array([np.exp(np.log(values[idx == g]).mean()) for g in used])
-    return np.searchsorted(used, idx), reps
+    return np.searchsorted(used, idx), reps, True
 
 
 def _param_text(law: Law) -> str:
@@ -81,14 +82,12 @@ def plot_fit(
     X, y = law.xy(data)
     held = np.zeros(len(y), dtype=bool)
     if holdout is not None:
-        keep = np.isfinite(law.design(data)).all(axis=1) & data[law.y].notna().to_numpy()
-        held = (data[holdout.x] >= holdout.table[holdout.x].min()).to_numpy()[keep]
+        held = (data[holdout.x] >= holdout.table[holdout.x].min()).to_numpy()[law.usable(data)]
     fig, axes = _figure(law.n_inputs)
     for along, ax in enumerate(axes):
         _panel(ax, law, X, y, held, along, boot, level)
-    axes[0].text(0.02, 0.02, _param_text(law), transform=axes[0].transAxes, fontsize=8,
-                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
-    fig.suptitle(f"{law.y}: {law.name} law" + (f" (held out: largest {holdout.x})" if holdout else ""))
+    held_note = f", held out: largest {holdout.x}" if holdout else ""
+    fig.suptitle(f"{law.y}: {law.name} law{held_note}\n{_param_text(law)}", fontsize=11)
     return fig
 
 
@@ -99,20 +98,20 @@ def _panel(ax: Axes, law: Law, X: np.ndarray, y: np.ndarray, held: np.ndarray, a
     x = X[:, along]
     log_x = law.log_space
     if law.n_inputs == 1:
-        group, reps = np.zeros(len(x), dtype=int), np.array([np.nan])
+        group, reps, binned = np.zeros(len(x), dtype=int), np.array([np.nan]), False
     else:
-        group, reps = _groups(X[:, 1 - along])
+        group, reps, binned = _groups(X[:, 1 - along])
     colors = colormaps["viridis"](np.linspace(0.0, 0.9, len(reps)))
     other = law.x[1 - along] if law.n_inputs == 2 else None
     for g, (rep, color) in enumerate(zip(reps, colors, strict=True)):
-        label = f"{other}≈{rep:.3g}" if other else "fit"
+        label = f"{other}{'≈' if binned else '='}{rep:.3g}" if other else "fit"
         mine = group == g
         lo, hi = x[mine].min(), x[mine].max()  # draw each curve over its own points only
         grid = np.geomspace(lo / 1.2, hi * 1.2, 200) if log_x else np.linspace(lo, hi, 200)
         fixed = np.full_like(grid, rep)
-        inputs: list[Any] = [grid] if other is None else [grid, fixed] if along == 0 else [fixed, grid]
+        inputs: tuple[Any, ...] = (grid,) if other is None else (grid, fixed) if along == 0 else (fixed, grid)
         if boot is not None:
-            band = boot.predict_ci(*inputs, level=level)
+            band = boot.predict_ci(inputs, level)
             ax.fill_between(grid, band["lo"], band["hi"], color=color, alpha=0.2, lw=0)
         ax.plot(grid, law.predict(*inputs), color=color, lw=1.5, label=label)
         ax.scatter(x[mine & ~held], y[mine & ~held], color=color, s=18, zorder=3)
@@ -124,12 +123,17 @@ def _panel(ax: Axes, law: Law, X: np.ndarray, y: np.ndarray, held: np.ndarray, a
         ax.fill_between([], [], [], color="gray", alpha=0.2, label=f"{level:.0%} bootstrap band")
     if log_x:
         ax.set_xscale("log")
-    if y.min() > 0 and y.max() / y.min() > 10:
+    bounded = getattr(law, "increasing", False) or not law.log_space
+    if not bounded and y.max() / y.min() > 10:
         ax.set_yscale("log")
+        ax.set_ylim(y.min() / 1.5, y.max() * 1.5)
+    else:  # limits from the data: a wide band far from it must not squash the points
+        pad = 0.08 * np.ptp(y) or 0.05 * abs(y.max()) or 0.05
+        ax.set_ylim(y.min() - pad, y.max() + pad)
     ax.set_xlabel(_label(law.x[along]))
     ax.set_ylabel(law.y or "y")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: hides no point
 
 
 def plot_isoflop(law: ChinchillaLaw, budgets: np.ndarray | None = None, data: pd.DataFrame | None = None) -> Figure:
@@ -185,8 +189,8 @@ def plot_correlation(
         ax.plot(grid, law.predict(grid), "k-", lw=1.5, label=f"{law.name}: {_param_text(law)}")
         ax.legend(fontsize=8)
     if corr is not None:
-        text = (f"Pearson r = {corr['pearson']:.2f} [{corr['pearson_lo']:.2f}, {corr['pearson_hi']:.2f}]\n"
-                f"Spearman ρ = {corr['spearman']:.2f} [{corr['spearman_lo']:.2f}, {corr['spearman_hi']:.2f}]")
+        text = "\n".join(f"{label} = {corr[k]:.3f} [{corr[k + '_lo']:.3f}, {corr[k + '_hi']:.3f}]"
+                         for label, k in (("Pearson r", "pearson"), ("Spearman ρ", "spearman")))
         ax.text(0.02, 0.02, text, transform=ax.transAxes, fontsize=8,
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
     ax.set_xlabel(upstream)

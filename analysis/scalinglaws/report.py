@@ -8,14 +8,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from scalinglaws.bootstrap import bootstrap
 from scalinglaws.correlation import metric_correlation
 from scalinglaws.laws import FORMS, ChinchillaLaw, Law, SigmoidOfLoss
 from scalinglaws.load import final_points
-from scalinglaws.summary import describe, law_summary
+from scalinglaws.plots import plot_correlation, plot_fit, plot_isoflop, save_figure
+from scalinglaws.summary import describe, json_default, law_summary
 from scalinglaws.validate import holdout_largest
 
 SIZE_FORMS = ("power", "chinchilla", "broken-power")
@@ -61,60 +61,43 @@ def write_report(
     log_to_run: str | None = None,
     tracking_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Fit each metric against size on the trials' final points, bootstrap it, optionally
-    hold out the `holdout` largest sizes, and plot it. `metrics` lists columns (the law is
-    chosen by `size_law` with x and form) or maps columns to laws (fitted here if unfitted). With `upstream` (a loss
-    column), also fit SigmoidOfLoss and correlations of every other metric on it.
-    Writes PNG+SVG plots, report.md and laws.json to out_dir; returns the laws.json content.
-    `log_to_run` logs the folder as artifacts (under scalinglaws/) of that MLflow run."""
-    from scalinglaws.plots import plot_correlation, plot_fit, plot_isoflop, save_figure
+    """Fit each metric against size on the trials' final points, bootstrap it (`n_boot`
+    resamples of trials), optionally hold out the `holdout` largest sizes, and plot it.
+    `metrics` lists columns (laws chosen by `size_law` from x and form) or maps columns to
+    laws (fitted here if unfitted). With `upstream` (a loss column), every other metric is
+    also fitted as SigmoidOfLoss of it and correlated with it.
 
+    Writes PNG+SVG plots, report.md and laws.json to out_dir and returns the laws.json
+    content; `log_to_run` logs the folder as artifacts (under scalinglaws/) of that MLflow run.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     points = final_points(df)
     missing = [c for c in [*metrics, *([upstream] if upstream else [])] if c not in points.columns]
     if missing:
         raise KeyError(f"metric column(s) {missing} not in data; available: {list(points.columns)}")
+    intervals = f"{level:.0%} percentile bootstrap over {n_boot} resamples of trials" if n_boot else "none"
     summary: dict[str, Any] = {"n_trials": len(points), "laws": {}, "downstream": {}, "correlation": {}}
-    md = [f"# Scaling-law report\n\n{len(points)} trials (final points); intervals: {level:.0%} "
-          f"percentile bootstrap over {n_boot} resamples of trials.\n"]
+    md = [f"# Scaling-law report\n\n{len(points)} trials (final points); intervals: {intervals}.\n"]
 
     for metric in metrics:
         law = metrics[metric] if isinstance(metrics, Mapping) else size_law(points, metric, x, form)
-        if law.theta_ is None:
-            law.fit(points)
-        boot = bootstrap(law, points, n=n_boot, seed=seed) if n_boot else None
-        ho = holdout_largest(law, points, k=holdout) if holdout else None
-        summary["laws"][metric] = law_summary(law, boot, ho, level)
-        figs = [("fit", plot_fit(law, points, boot=boot))]
-        if ho:
-            train = points[points[ho.x] < ho.table[ho.x].min()]
-            ho_boot = bootstrap(ho.law, train, n=n_boot, seed=seed) if n_boot else None
-            figs.append(("holdout", plot_fit(ho.law, points, boot=ho_boot, holdout=ho)))
-        if isinstance(law, ChinchillaLaw) and not law.increasing:
-            figs.append(("isoflop", plot_isoflop(law, data=points)))
-        md += [f"## {metric}\n", describe(law) + "\n", _params_table(summary["laws"][metric])]
-        if ho:
-            md.append(_holdout_table(ho.table, ho.x))
-        for kind, fig in figs:
-            save_figure(fig, out, f"{kind}_{slug(metric)}")
-            md.append(f"![{kind} {metric}]({kind}_{slug(metric)}.png)\n")
+        summary["laws"][metric], lines = _size_section(law, points, out, n_boot, holdout, level, seed)
+        md += [f"## {metric}\n", *lines]
 
     downstream = [m for m in metrics if upstream and m != upstream]
     if downstream:
         corr = metric_correlation(points, upstream, downstream, seed=seed)
-        md.append(f"## Downstream metrics vs {upstream}\n")
-        md.append(_corr_table(corr))
+        md += [f"## Downstream metrics vs {upstream}\n", _corr_table(corr)]
         for metric in downstream:
             summary["correlation"][metric] = {k: float(v) for k, v in corr.loc[metric].items()}
             sig = _try_fit(SigmoidOfLoss(upstream, metric), points)
             if sig is not None:
                 summary["downstream"][metric] = law_summary(sig)
-            fig = plot_correlation(points, upstream, metric, corr=corr.loc[metric], law=sig)
-            save_figure(fig, out, f"corr_{slug(metric)}")
-            md.append(f"![{metric} vs {upstream}](corr_{slug(metric)}.png)\n")
+            md.append(_save(plot_correlation(points, upstream, metric, corr=corr.loc[metric], law=sig),
+                            out, f"corr_{slug(metric)}"))
 
-    (out / "laws.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    (out / "laws.json").write_text(json.dumps(summary, indent=2, default=json_default))
     (out / "report.md").write_text("\n".join(md))
     if log_to_run:
         from mlflow.tracking import MlflowClient
@@ -123,18 +106,39 @@ def write_report(
     return summary
 
 
+def _size_section(law: Law, points: pd.DataFrame, out: Path, n_boot: int, holdout: int, level: float,
+                  seed: int) -> tuple[dict[str, Any], list[str]]:
+    """Fit, bootstrap, hold out and plot one metric's size law: its summary and report lines."""
+    if law.theta_ is None:
+        law.fit(points)
+    boot = bootstrap(law, points, n=n_boot, seed=seed) if n_boot else None
+    ho = holdout_largest(law, points, k=holdout) if holdout else None
+    summary = law_summary(law, boot, ho, level)
+    stem = slug(law.y or "y")
+    lines = [describe(law) + "\n", _params_table(summary),
+             _save(plot_fit(law, points, boot=boot, level=level), out, f"fit_{stem}")]
+    if ho:
+        train = points[points[ho.x] < ho.table[ho.x].min()]
+        ho_boot = bootstrap(ho.law, train, n=n_boot, seed=seed) if n_boot else None
+        lines += [_holdout_table(ho.table, ho.x),
+                  _save(plot_fit(ho.law, points, boot=ho_boot, holdout=ho, level=level), out, f"holdout_{stem}")]
+    if isinstance(law, ChinchillaLaw) and not law.increasing:
+        lines.append(_save(plot_isoflop(law, data=points), out, f"isoflop_{stem}"))
+    return summary, lines
+
+
+def _save(fig: Any, out: Path, stem: str) -> str:
+    """Save a figure as PNG+SVG; the markdown line embedding it."""
+    save_figure(fig, out, stem)
+    return f"![{stem}]({stem}.png)\n"
+
+
 def _try_fit(law: Law, data: pd.DataFrame) -> Law | None:
     """A sigmoid needs >= 4 usable points and some spread; skip it rather than fail the report."""
     try:
         return law.fit(data)
     except (ValueError, RuntimeError):
         return None
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 def _params_table(s: dict[str, Any]) -> str:
@@ -155,6 +159,6 @@ def _holdout_table(table: pd.DataFrame, x: str) -> str:
 def _corr_table(corr: pd.DataFrame) -> str:
     rows = ["| metric | n | Pearson r [CI] | Spearman ρ [CI] |", "|---|---|---|---|"]
     for metric, r in corr.iterrows():
-        rows.append(f"| {metric} | {r['n']:.0f} | {r['pearson']:.2f} [{r['pearson_lo']:.2f}, {r['pearson_hi']:.2f}] "
-                    f"| {r['spearman']:.2f} [{r['spearman_lo']:.2f}, {r['spearman_hi']:.2f}] |")
+        rows.append(f"| {metric} | {r['n']:.0f} | {r['pearson']:.3f} [{r['pearson_lo']:.3f}, {r['pearson_hi']:.3f}] "
+                    f"| {r['spearman']:.3f} [{r['spearman_lo']:.3f}, {r['spearman_hi']:.3f}] |")
     return "\n".join(rows) + "\n"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from scalinglaws.bootstrap import BootstrapResult
 from scalinglaws.laws import Law
 from scalinglaws.validate import Holdout
@@ -34,3 +36,10 @@ def describe(law: Law) -> str:
     if getattr(law, "increasing", False):
         space = "log(1 - y)"
     return f"{law.name} law of {law.y} on {', '.join(law.x)}: {how} on {space}, {law.n_points_} points"
+
+
+def json_default(v: Any) -> Any:
+    """`json.dumps(default=...)` for numpy scalars."""
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")

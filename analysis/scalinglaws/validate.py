@@ -43,11 +43,9 @@ def holdout_largest(law: Law, df: pd.DataFrame, x: str | None = None, k: int = 1
     held = df[x] >= sizes[-k]
     fitted = law.clone().fit(df[~held], y)
     test = df[held]
-    X = fitted.design(test)
-    actual = test[y or fitted.y].to_numpy(dtype=float)
-    keep = np.isfinite(X).all(axis=1) & np.isfinite(actual)
-    table = test.loc[keep, list(dict.fromkeys([*fitted.x, x]))].reset_index(drop=True)
-    table["actual"] = actual[keep]
-    table["predicted"] = fitted.predict(X[keep])
+    X, actual = fitted.xy(test, y)
+    table = test.loc[fitted.usable(test, y), list(dict.fromkeys([*fitted.x, x]))].reset_index(drop=True)
+    table["actual"] = actual
+    table["predicted"] = fitted.predict(X)
     table["rel_error"] = (table["predicted"] - table["actual"]) / table["actual"]
     return Holdout(law=fitted, x=x, table=table)

@@ -111,3 +111,85 @@ def _group_metrics(pred: np.ndarray, split, names: list[str]) -> dict[str, float
 def _wanted(key: str, metrics: tuple[str, ...] | None) -> bool:
     """Metrics the spec asked for; derived ones (per group, gaps, worst cases) always."""
     return metrics is None or key in metrics or key.startswith(("mse_", "worst", "gap_", "mean_var"))
+
+
+GP_FIT_EXAMPLES = 2048  # training examples whose features form the GP head's Laplace precision
+
+
+class ClassificationEvaluator:
+    """Plex's reliability metrics on the in-distribution, shifted and OOD splits.
+
+    Logged per split: accuracy, NLL, Brier, ECE (equal-width and equal-mass), calibration
+    AUROC, AURC, selective accuracy; on shifted splits also the gap to `id`; on `ood` the
+    detection metrics (MSP, entropy and, for a GP head, variance as the score); and the
+    worst class and worst shifted split.
+    """
+
+    def __init__(self, stream, splits: tuple[str, ...], metrics: tuple[str, ...] | None):
+        self.stream, self.metrics = stream, metrics
+        self.splits = {name: stream.task.split(name) for name in splits}
+        self.predictions: dict[str, dict[str, np.ndarray]] = {}
+
+    def _fit_gp_precision(self, model, device, rank: int, world: int) -> None:
+        """SNGP's Laplace step: precision from one pass of training features, summed over ranks."""
+        head = model.head
+        if not hasattr(head, "update_precision"):
+            return
+        head.reset_precision()
+        task = self.stream.task
+        chunk = min(EVAL_CHUNK, task.train_size // world)
+        for step in range(max(1, min(GP_FIT_EXAMPLES, task.train_size) // (chunk * world))):
+            x, _ = task.train_batch(step, rank, world, chunk)
+            head.update_precision(model.features({"x": torch.as_tensor(x, device=device)}))
+        head.sync_precision()
+
+    def run(self, model, device, rank: int, world: int) -> dict[str, float]:
+        from reliscale.metrics import evaluate_classification
+
+        with torch.no_grad():
+            self._fit_gp_precision(model, device, rank, world)
+        preds = {name: predict_split(model, {"x": x}, device, rank, world)
+                 for name, (x, _) in self.splits.items()}
+        if rank != 0:
+            return {}
+        self.predictions = {name: {**p, "labels": self.splits[name][1]} for name, p in preds.items()}
+        idp, ood = preds["id"], preds.get("ood")
+        id_metrics = evaluate_classification(
+            idp["probs"], self.splits["id"][1],
+            ood_probs=None if ood is None else ood["probs"],
+            variance=idp.get("variance") if ood is not None else None,
+            ood_variance=None if ood is None else ood.get("variance"))
+        out = {f"eval/id/{k}": v for k, v in id_metrics.items() if not k.startswith(("ood", "fpr"))}
+        out.update({f"eval/ood/{k}": v for k, v in id_metrics.items() if k.startswith(("ood", "fpr"))})
+        out["eval/id/worst_class_accuracy"] = _worst_class_accuracy(idp["probs"], self.splits["id"][1])
+        for name, p in preds.items():
+            if "variance" in p:
+                out[f"eval/{name}/mean_variance"] = float(p["variance"].mean())
+            if name in ("id", "ood"):
+                continue
+            shifted = evaluate_classification(p["probs"], self.splits[name][1])
+            out.update({f"eval/{name}/{k}": v for k, v in shifted.items()})
+            for k in ("accuracy", "nll", "ece"):
+                out[f"eval/{name}/gap_{k}"] = shifted[k] - id_metrics[k]
+        shifted_acc = [out[f"eval/{n}/accuracy"] for n in preds if n not in ("id", "ood")]
+        if shifted_acc:
+            out["eval/shifted/worst_split_accuracy"] = min(shifted_acc)
+        return {k: v for k, v in out.items() if _wanted(k.rsplit("/", 1)[1], self.metrics)}
+
+    def write_artifacts(self, folder: Path) -> list[Path]:
+        """Reliability diagram and risk-coverage plot of `id`, and every split's predictions."""
+        from reliscale.plots import reliability_diagram, risk_coverage_plot
+
+        if not self.predictions:
+            return []
+        idp = self.predictions["id"]
+        arrays = {f"{split}/{k}": v for split, p in self.predictions.items() for k, v in p.items()}
+        np.savez_compressed(folder / "predictions.npz", **arrays)
+        return [reliability_diagram(folder / "reliability_id.png", idp["probs"], idp["labels"]),
+                risk_coverage_plot(folder / "risk_coverage_id.png", idp["probs"], idp["labels"]),
+                folder / "predictions.npz"]
+
+
+def _worst_class_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    correct = probs.argmax(1) == labels
+    return float(min(correct[labels == c].mean() for c in np.unique(labels)))

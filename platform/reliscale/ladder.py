@@ -71,7 +71,7 @@ ENCDEC_LADDER: dict[str, Shape] = {
     "S5": Shape(384, 12, 6),
     "S6": Shape(640, 12, 10),
     "S7": Shape(1024, 16, 16),
-    "S8": Shape(1536, 20, 16),  # ~1B encoder+decoder at S8/S8
+    "S8": Shape(1536, 16, 16),  # ~1B encoder+decoder at S8/S8 (decoder layers ≈ 16·width²)
 }
 
 LADDERS: dict[str, dict[str, Shape]] = {

@@ -144,15 +144,16 @@ def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: fl
         name="tune", storage_path=str(paths.storage), verbose=0, callbacks=[view],
         failure_config=tune.FailureConfig(max_failures=1),
     )
+    # Largest trials first: the study ends sooner when no big trial starts last, alone.
+    grid = {"trial_id": tune.grid_search(sorted(rows, key=lambda tid: -rows[tid].flops))}
     if tune.Tuner.can_restore(str(paths.tune_dir)):
-        tuner = tune.Tuner.restore(str(paths.tune_dir), trainable, resume_errored=True,
-                                   param_space={"trial_id": tune.grid_search([t.trial_id for t in trials])})
+        tuner = tune.Tuner.restore(str(paths.tune_dir), trainable, resume_errored=True, param_space=grid)
         # The restored Tuner unpickles the old run's callbacks; show this run's view instead.
         tuner._local_tuner.get_run_config().callbacks = [view]
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial_id": tune.grid_search([t.trial_id for t in trials])},
+            param_space=grid,
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials),
             run_config=run_config,
         )

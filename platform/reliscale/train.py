@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import ray
 import ray.train
 import torch
 import torch.distributed as dist
@@ -100,6 +101,7 @@ def train_loop(config: dict) -> None:
     already = logger.logged_steps("train/loss") if logger else set()
     if logger:
         logger.start()
+        logger.set_tags({"reliscale.node_id": ray.get_runtime_context().get_node_id()})
     evals = [s for s in eval_schedule(trial.steps, spec.eval.points) if s > start]
     micro, accum = spec.micro_batch(), spec.grad_accumulation()
     loss_sum, loss_n = 0.0, 0

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from scalinglaws.optim import minimize_batched
+from scalinglaws.optim import BatchObjective, minimize_batched
 
 LOSSES = ("huber", "mse")
 VJP = Callable[[np.ndarray], np.ndarray]
@@ -120,23 +120,30 @@ class Law:
             raise ValueError(f"expected {self.n_inputs} input arrays, got {len(X)}")
         return np.column_stack([a.ravel() for a in np.broadcast_arrays(*(np.asarray(a, float) for a in X))])
 
-    def xy(self, data: Any, y: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """(X, y) with rows holding any NaN dropped. `data` is a DataFrame (y: column name,
-        default `self.y`) or an array of inputs (y: array of targets)."""
+    def _raw_xy(self, data: Any, y: Any = None) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(data, pd.DataFrame):
             col = y if isinstance(y, str) else self.y
             if col is None:
                 raise ValueError(f"{type(self).__name__}: name the target column (y=...)")
             if col not in data.columns:
                 raise KeyError(f"column {col!r} not in data; available: {list(data.columns)}")
-            X, yv = self.design(data), data[col].to_numpy(dtype=float)
-        else:
-            X, yv = self.design(data), np.asarray(y, dtype=float).ravel()
-        keep = np.isfinite(X).all(axis=1) & np.isfinite(yv)
+            return self.design(data), data[col].to_numpy(dtype=float)
+        return self.design(data), np.asarray(y, dtype=float).ravel()
+
+    def usable(self, data: Any, y: Any = None) -> np.ndarray:
+        """Mask of the rows a fit uses: inputs and target all finite."""
+        X, yv = self._raw_xy(data, y)
+        return np.isfinite(X).all(axis=1) & np.isfinite(yv)
+
+    def xy(self, data: Any, y: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(X, y) of the usable rows. `data` is a DataFrame (y: column name, default
+        `self.y`) or an array of inputs (y: array of targets)."""
+        X, yv = self._raw_xy(data, y)
+        keep = self.usable(data, y)
         return X[keep], yv[keep]
 
     # ---- fitting --------------------------------------------------------------------------
-    def objective(self, X: np.ndarray, t: np.ndarray, weights: np.ndarray | None = None):
+    def objective(self, X: np.ndarray, t: np.ndarray, weights: np.ndarray | None = None) -> BatchObjective:
         """Batched objective over problems idx: sum_i w_i rho(t_i - f_i) and its gradient."""
 
         def fun(theta: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,12 +203,6 @@ class Law:
         """Predictions (S, n) for a batch of parameter vectors (e.g. bootstrap refits)."""
         pred, _ = self._model(np.atleast_2d(theta), self.design(*X), jac=False)
         return self._untarget(pred)
-
-    def residuals(self, data: Any, y: Any = None) -> np.ndarray:
-        """Fit-space residuals t - f at the observed points (log residuals for log laws)."""
-        X, yv = self.xy(data, y)
-        pred, _ = self._model(self._check_fitted()[None], X, jac=False)
-        return self._target(yv) - pred[0]
 
     @classmethod
     def from_params(cls, x: str | Sequence[str] | None = None, **kwargs: Any) -> Law:

@@ -28,6 +28,9 @@ CHINCHILLA_GRID = np.stack(np.meshgrid(_AB, _AB, _E, _EXP, _EXP, indexing="ij"),
 class _PowerSum(Law):
     """theta = (a_1..a_m, e, alpha_1..alpha_m); one power term per input column."""
 
+    _coef_names: tuple[str, ...]  # A_j, in input order
+    _exp_names: tuple[str, ...]  # alpha_j, in input order
+
     def __init__(self, x: str | Sequence[str], y: str | None = None, *, increasing: bool = False, **kw: Any) -> None:
         super().__init__(x, y, **kw)
         self.increasing = increasing
@@ -36,6 +39,8 @@ class _PowerSum(Law):
         return {**super()._config(), "increasing": self.increasing}
 
     def _target(self, y: np.ndarray) -> np.ndarray:
+        if self.increasing and np.any(y >= 1):
+            raise ValueError(f"increasing=True fits log(1 - y): {int(np.sum(y >= 1))} value(s) of y >= 1")
         return super()._target(1.0 - y if self.increasing else y)
 
     def _untarget(self, f: np.ndarray) -> np.ndarray:
@@ -78,9 +83,6 @@ class _PowerSum(Law):
             + [params[e] for e in self._exp_names],
             dtype=float,
         )
-
-    _coef_names: tuple[str, ...]
-    _exp_names: tuple[str, ...]
 
 
 class PowerLaw(_PowerSum):

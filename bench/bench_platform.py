@@ -1,0 +1,126 @@
+"""What the platform costs: the same ICL trials as (a) a plain PyTorch loop in one process and
+(b) through reliscale (Ray Tune + Ray Train + DeepSpeed ZeRO-2 + MLflow), in one run.
+
+(a) uses reliscale's own task, model, schedule and evaluator, with torch using both cores;
+(b) runs the trials one after another (max_concurrent_trials=1) so each trial's overhead
+is its own. The breakdown of (b) comes from the `time/*` metrics every trial logs.
+
+    .venv/bin/python bench/bench_platform.py [--sizes 3.2e4,6.4e4] [--model S1] [--out bench/platform.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PARTS = ("time/setup_s", "time/deepspeed_init_s", "time/train_s", "time/eval_s", "time/log_s",
+         "time/checkpoint_report_s")
+
+
+def plain_loop(trial) -> float:
+    """One trial in one process: same data, model, optimizer, schedule and eval points."""
+    from reliscale.engine import lr_lambda
+    from reliscale.evaluate import eval_schedule
+    from reliscale.models import build_model
+    from reliscale.objectives import build_objective
+    from reliscale.tasks import build_evaluator, build_task
+
+    t0 = time.perf_counter()
+    spec = trial.spec
+    torch.manual_seed(trial.seed)
+    task = build_task(trial, 1)
+    model = build_model(trial)
+    o = spec.train.optimizer
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(trial.steps, spec.train.schedule.warmup_frac,
+                                                             spec.train.schedule.min_lr_frac))
+    objective = build_objective(trial.objective, task.num_groups, spec.objective_options.step_size)
+    evaluator = build_evaluator(task, trial)
+    evals = set(eval_schedule(trial.steps, spec.eval.points))
+    for step in range(trial.steps):
+        model.train()
+        batch = {k: torch.as_tensor(v) for k, v in task.train_batch(step, 0, 0, spec.data.batch_size).items()}
+        loss = objective(model(batch), batch["group"])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        opt.step()
+        sched.step()
+        if step + 1 in evals:
+            model.eval()
+            evaluator.run(model, "cpu", 0, 1)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="3.2e4,6.4e4")
+    ap.add_argument("--model", default="S1")
+    ap.add_argument("--out", default="bench/platform.md")
+    args = ap.parse_args()
+    from mlflow.tracking import MlflowClient
+
+    from reliscale.spec import expand, load_spec
+    from reliscale.study import StudyPaths, connect_ray, run_study
+
+    overrides = [f"data.sizes=[{args.sizes}]", f"model.sizes=[{args.model}]", "resources.max_concurrent_trials=1",
+                 "name=bench_platform"]
+    spec = load_spec(REPO / "jobs" / "icl_smoke.yaml", overrides)
+    trials = expand(spec)
+
+    torch.set_num_threads(2)
+    plain = {t.trial_id: plain_loop(t) for t in trials}
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        connect_ray()
+        ray_start = time.perf_counter() - t0
+        results = run_study(spec, Path(tmp), progress_interval_s=3600)
+        platform_total = time.perf_counter() - t0
+        assert not [r for r in results if r.error]
+        paths = StudyPaths(spec, Path(tmp))
+        client = MlflowClient(paths.tracking_uri)
+        exp = client.get_experiment_by_name(spec.name)
+        runs = {r.data.tags["reliscale.trial_id"]: r for r in
+                client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")}
+        trial_wall = {r.config["trial_id"]: r.metrics["time_total_s"] for r in results}
+
+    lines = [
+        "# Platform overhead: plain PyTorch loop vs reliscale\n",
+        f"- date: {datetime.date.today()}",
+        f"- machine: {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}",
+        f"- command: `.venv/bin/python bench/bench_platform.py --sizes {args.sizes} --model {args.model}`",
+        "- grid: jobs/icl_smoke.yaml with the sizes above, trials one at a time; (a) one process, 2 torch "
+        "threads; (b) 2 Ray Train workers x 0.49 CPU, DeepSpeed ZeRO-2, MLflow sqlite, checkpoint at "
+        "every eval point\n",
+        "| trial | steps | (a) plain s | (b) trial wall s | ratio | setup s | DS init s | train s | "
+        "eval s | log s | ckpt+report s | outside loop s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in trials:
+        m = runs[t.trial_id].data.metrics
+        inside = m["time/setup_s"] + m["time/train_s"] + m["time/eval_s"] + m["time/log_s"] + \
+            m["time/checkpoint_report_s"]
+        wall = trial_wall[t.trial_id]
+        lines.append(f"| {t.trial_id} | {t.steps} | {plain[t.trial_id]:.1f} | {wall:.1f} | "
+                     f"{wall / plain[t.trial_id]:.2f} | " + " | ".join(f"{m[p]:.1f}" for p in PARTS)
+                     + f" | {wall - inside:.1f} |")
+    total_plain = sum(plain.values())
+    lines += ["", f"Ray start: {ray_start:.1f} s. Study total: (a) {total_plain:.1f} s, (b) {platform_total:.1f} s, "
+              f"ratio b/a = {platform_total / total_plain:.2f}; overhead per trial "
+              f"(b - a) / trials = {(platform_total - total_plain) / len(trials):.1f} s."]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

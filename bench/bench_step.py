@@ -1,0 +1,137 @@
+"""Step time and memory of a DeepSpeed ZeRO engine vs plain PyTorch DDP, 2 CPU workers (gloo).
+
+For three ICL decoder sizes: median optimizer-step time of plain DDP + AdamW, and of
+DeepSpeed ZeRO-0/2/3 with the same AdamW, measured in one run (ratios are what count on a
+shared machine). Peak RSS growth per worker (after imports, before the model is built)
+is set beside the plan's estimate (`ladder.model_state_bytes` + `activation_bytes`).
+
+    .venv/bin/python bench/bench_step.py [--steps 30] [--sizes S2,S4,S5] [--out bench/step.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import socket
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+DIM, POINTS, BATCH = 8, 16, 32  # per worker
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(rank: int, port: int, size: str, mode: str, steps: int, out) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import deepspeed
+    import numpy as np
+
+    from reliscale.engine import init_deepspeed_comm
+    from reliscale.ladder import DECODER_LADDER
+    from reliscale.models import ICLDecoder
+    from reliscale.tasks.icl import sample_prompts
+
+    init_deepspeed_comm()
+    base_rss = rss_mb()
+    torch.manual_seed(0)
+    model = ICLDecoder(DECODER_LADDER[size], DIM, POINTS)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if mode == "ddp":
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    else:
+        stage = int(mode[-1])
+        net, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config={
+            "train_batch_size": 2 * BATCH, "train_micro_batch_size_per_gpu": BATCH,
+            "zero_optimization": {"stage": stage}, "steps_per_print": 10**9})
+    times = []
+    for step in range(steps):
+        batch = sample_prompts(np.random.default_rng([rank, step]), BATCH, {"dense_linear": 1}, DIM, POINTS)
+        batch = {k: torch.as_tensor(v) for k, v in batch.items()}
+        dist.barrier()
+        t0 = time.perf_counter()
+        loss = net(batch).mean()
+        if mode == "ddp":
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        else:
+            net.backward(loss)
+            net.step()
+        times.append(time.perf_counter() - t0)
+    if rank == 0:
+        n = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        out.put({"size": size, "mode": mode, "step_ms": 1000 * statistics.median(times[5:]),
+                 "rss_growth_mb": rss_mb() - base_rss, "n_params": n})
+    dist.destroy_process_group()
+
+
+def run(size: str, mode: str, steps: int) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=worker, args=(r, port, size, mode, steps, q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    result = q.get(timeout=900)
+    for p in procs:
+        p.join()
+    return result
+
+
+def estimate_mb(n_params: int, size: str, stage: int) -> float:
+    from reliscale import ladder
+
+    states = ladder.model_state_bytes(n_params, stage, 2, "fp32")
+    acts = ladder.activation_bytes(ladder.ModelSize(size, ladder.DECODER_LADDER[size]), BATCH, 2 * POINTS,
+                                   "fp32")
+    return (states + acts) / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--sizes", default="S2,S4,S5")
+    ap.add_argument("--out", default="bench/step.md")
+    args = ap.parse_args()
+    rows = []
+    for size in args.sizes.split(","):
+        results = {m: run(size, m, args.steps) for m in ("ddp", "zero0", "zero2", "zero3")}
+        base = results["ddp"]["step_ms"]
+        for mode, r in results.items():
+            est = "" if mode == "ddp" else f"{estimate_mb(r['n_params'], size, int(mode[-1])):.0f}"
+            rows.append(f"| {size} | {r['n_params'] / 1e6:.2f}M | {mode} | {r['step_ms']:.1f} | "
+                        f"{r['step_ms'] / base:.2f} | {r['rss_growth_mb']:.0f} | {est} |")
+            print(rows[-1], flush=True)
+    header = (f"# Step time and memory: DeepSpeed ZeRO vs plain PyTorch DDP\n\n"
+              f"- date: {datetime.date.today()}\n- machine: {os.cpu_count()} cores, {platform.machine()}, "
+              f"torch {torch.__version__}, 2 workers x 1 thread, gloo, fp32, AdamW\n"
+              f"- command: `.venv/bin/python bench/bench_step.py --steps {args.steps} --sizes {args.sizes}`\n"
+              f"- model: ICL decoder, d={DIM}, {POINTS} pairs (32 tokens), micro-batch {BATCH} per worker\n"
+              f"- step: forward + backward + optimizer step, median of steps 6..{args.steps}\n"
+              f"- RSS growth: peak RSS of rank 0 minus its RSS after imports and process-group setup;\n"
+              f"  estimate: the plan's ZeRO model states + stored activations for that stage\n\n"
+              "| size | params | engine | step ms | ratio to DDP | RSS growth MB | plan estimate MB |\n"
+              "|---|---|---|---|---|---|---|\n")
+    with open(args.out, "w") as f:
+        f.write(header + "\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
