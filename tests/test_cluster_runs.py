@@ -4,10 +4,12 @@ driver is killed mid-study. Real `ray start`, real subprocesses, real MLflow sql
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,16 +34,20 @@ def trial_runs(db: Path, study: str) -> list:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head():
     """A Ray head on loopback, started with `ray start` as a user would, stopped afterwards."""
     port, dash = free_port(), free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # As a user with the venv active: `reliscale` on PATH for the job's entrypoint.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    subprocess.run([BIN / "ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--num-cpus", "2", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                    "--temp-dir", str(tmp_path / "ray")], env=env, check=True, capture_output=True)
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    started = subprocess.run([BIN / "ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
+                              str(port), "--num-cpus", "2", "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                              str(dash), "--temp-dir", temp], env=env, capture_output=True, text=True)
+    assert started.returncode == 0, started.stdout + started.stderr
     yield f"http://127.0.0.1:{dash}", env
     subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_ray_job_submit_runs_a_study_to_success(repo, tmp_path, ray_head):
@@ -74,8 +80,12 @@ def test_resume_after_the_driver_is_killed_does_not_rerun_finished_trials(repo, 
     finished = []
     while time.monotonic() < deadline and not finished:
         time.sleep(2)
-        if db.exists():
+        if not db.exists():
+            continue
+        try:  # the driver may still be creating the store's tables
             finished = [r for r in trial_runs(db, "icl_tiny") if r.info.status == "FINISHED"]
+        except Exception:
+            continue
     assert finished, "no trial finished in time"
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
     driver.wait()

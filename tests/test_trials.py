@@ -5,6 +5,9 @@ Real Ray (a local 2-CPU cluster), real DeepSpeed (gloo, 2 workers), real MLflow 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import math
 
 import pytest
@@ -12,7 +15,9 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from reliscale.spec import validate
+from reliscale.status import format_status, study_status
 from reliscale.study import StudyPaths, run_study
+from scalinglaws.cli import main as fit_main
 
 from conftest import tiny_icl_spec
 
@@ -57,6 +62,21 @@ def test_grid_of_2x2_trials_logs_one_child_run_each_with_full_histories(ray_sess
             assert [m.step for m in history] == steps and all(math.isfinite(m.value) for m in history)
         names = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
         assert "eval/icl_curve_id.png" in names and "eval/icl_curve_id.csv" in names
+
+    # `reliscale status` reads the same store
+    rows = study_status(spec, tmp_path)
+    assert [r["state"] for r in rows] == ["FINISHED"] * 4
+    assert all(r["data_seen"] == r["data_size"] for r in rows)
+    assert "4/4 trials finished" in format_status(rows)
+
+    # the analysis CLI fits a law straight from the study's MLflow experiment
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = fit_main(["fit", "--experiment", "grid", "--tracking-uri", StudyPaths(spec, tmp_path).tracking_uri,
+                         "--metric", "eval/id/mse", "--form", "chinchilla", "--json"])
+    assert code == 0
+    fitted = json.loads(out.getvalue())
+    assert fitted["n_points"] == 4 and set(fitted["params"]) == {"E", "A", "B", "alpha", "beta"}
 
 
 def test_zero3_trial_trains_and_checkpoints_every_rank(ray_session, tmp_path):

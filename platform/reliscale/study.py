@@ -124,6 +124,7 @@ def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: fl
                                                                     rows[t.trial_id].flops))
                for t in trials}
     runs.client.log_text(runs.parent_id, dump_spec(spec), "spec.yaml")
+    finished = frozenset(tid for tid, run in runs.trial_runs().items() if run.info.status == "FINISHED")
 
     connect_ray()
     import ray
@@ -134,7 +135,8 @@ def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: fl
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, trials={t.trial_id: t for t in trials}, run_ids=run_ids,
-                             tracking_uri=paths.tracking_uri, storage=str(paths.storage / "trials")),
+                             tracking_uri=paths.tracking_uri, storage=str(paths.storage / "trials"),
+                             finished=finished),
         {"cpu": TRIAL_CPU},
     )
     view = ProgressView(spec.name, {k: r.flops for k, r in rows.items()},

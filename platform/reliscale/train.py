@@ -99,7 +99,8 @@ def train_loop(config: dict) -> None:
 
     logger = TrialLogger(uri, run_id) if rank == 0 else None
     already = logger.logged_steps("train/loss") if logger else set()
-    if logger:
+    finished_before = logger.finished() if logger else False
+    if logger and not finished_before:
         logger.start()
         logger.set_tags({"reliscale.node_id": ray.get_runtime_context().get_node_id()})
     evals = [s for s in eval_schedule(trial.steps, spec.eval.points) if s > start]
@@ -151,7 +152,7 @@ def train_loop(config: dict) -> None:
                              checkpoint_dir_name=f"step_{step + 1:09d}")
         timings["time/checkpoint_report_s"] += time.perf_counter() - t0
 
-    if logger and (evals or not logger.finished()):
+    if logger and not finished_before:
         _finish(logger, evaluator, trial, timings)
 
 

@@ -18,8 +18,15 @@ def worker_loop(config: dict) -> None:
 
 
 def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, str], tracking_uri: str,
-              storage: str) -> None:
-    """Fit the TorchTrainer of trial `config["trial_id"]`; it restores from its own checkpoints."""
+              storage: str, finished: frozenset[str] = frozenset()) -> None:
+    """Fit the TorchTrainer of trial `config["trial_id"]`; it restores from its own checkpoints.
+
+    `finished` holds the trials whose MLflow run had finished when the driver started: Tune
+    saves its own state only every few seconds, so a driver killed just after a trial ended
+    can leave Tune believing it still runs. Such a trial is not started again.
+    """
+    if config["trial_id"] in finished:
+        return
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
