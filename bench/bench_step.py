@@ -89,7 +89,11 @@ def run(size: str, mode: str, steps: int) -> dict:
     procs = [ctx.Process(target=worker, args=(r, port, size, mode, steps, q)) for r in range(2)]
     for p in procs:
         p.start()
-    result = q.get(timeout=900)
+    while q.empty():
+        if any(p.exitcode not in (None, 0) for p in procs):
+            raise RuntimeError(f"a worker of {size}/{mode} died: exit codes {[p.exitcode for p in procs]}")
+        time.sleep(0.5)
+    result = q.get()
     for p in procs:
         p.join()
     return result

@@ -29,6 +29,14 @@ def llama_config(shape: Shape, max_len: int, vocab_size: int = 1) -> LlamaConfig
     return cfg
 
 
+def embeds_only_llama(shape: Shape, max_len: int) -> LlamaModel:
+    """A Llama stack fed with `inputs_embeds`: its token table would be an unused parameter
+    (DDP refuses those, and it would count as weights that never train)."""
+    model = LlamaModel(llama_config(shape, max_len))
+    model.embed_tokens = None
+    return model
+
+
 class ICLDecoder(nn.Module):
     """GPT-style in-context regressor: (x, y) pairs embedded as alternating tokens (Garg et al.).
 
@@ -40,7 +48,7 @@ class ICLDecoder(nn.Module):
     def __init__(self, shape: Shape, dim: int, points: int):
         super().__init__()
         self.read_in = nn.Linear(dim + 1, shape.width)
-        self.backbone = LlamaModel(llama_config(shape, 2 * points))
+        self.backbone = embeds_only_llama(shape, 2 * points)
         self.read_out = nn.Linear(shape.width, 1)
 
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -95,7 +103,7 @@ class ViTBackbone(nn.Module):
             n_tokens = length // patch + 2
             self.bridge = nn.Linear(s.width, size.dec.width)
             self.query = nn.Parameter(torch.zeros(1, 1, size.dec.width))
-            self.text = LlamaModel(llama_config(size.dec, n_tokens))
+            self.text = embeds_only_llama(size.dec, n_tokens)
         self.out_width = s.width if size.dec is None else size.dec.width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +147,7 @@ class DecoderBackbone(nn.Module):
         super().__init__()
         self.patch = patch
         self.embed = nn.Linear(patch, size.enc.width)
-        self.decoder = LlamaModel(llama_config(size.enc, length // patch))
+        self.decoder = embeds_only_llama(size.enc, length // patch)
         self.out_width = size.enc.width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
