@@ -27,7 +27,9 @@ test-fast: .venv
 	$(VENV)/bin/pytest -q -m "not slow"
 
 bench: .venv
+	$(PY) bench/bench_data.py
 	$(PY) bench/bench_fit.py
+	$(PY) bench/bench_step.py
 	$(PY) bench/bench_platform.py
 
 lint: .venv

@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from reliscale import tracking
-from reliscale.spec import SpecError, expand, validate
+from reliscale.spec import SpecError, expand, load_spec, validate
 from reliscale.study import run_study
 
 from conftest import tiny_icl_spec
@@ -73,3 +73,9 @@ def test_trial_params_hold_the_axes_and_costs_only(tmp_path, monkeypatch):
                            "objective", "technique", "mixture", "seed", "zero_stage", "workers",
                            "precision", "batch_size", "lr", "n_params", "n_params_nonembedding"}
     assert "do-not-log" not in str(params)
+
+
+def test_a_task_that_can_only_be_planned_is_refused_by_run(repo, tmp_path):
+    spec = load_spec(repo / "jobs" / "lm_ladder_1b.yaml")
+    with pytest.raises(SpecError, match=r"data.task: 'lm' can be planned but not run yet .* allowed for run: icl, mnist1d"):
+        run_study(spec, tmp_path)

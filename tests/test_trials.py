@@ -73,10 +73,10 @@ def test_grid_of_2x2_trials_logs_one_child_run_each_with_full_histories(ray_sess
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = fit_main(["fit", "--experiment", "grid", "--tracking-uri", StudyPaths(spec, tmp_path).tracking_uri,
-                         "--metric", "eval/id/mse", "--form", "chinchilla", "--json"])
-    assert code == 0
+                         "--metric", "eval/id/mse", "--form", "power", "--x", "data_size", "--json"])
+    assert code == 0  # one point per trial (its final eval): too few for the 5-parameter joint law
     fitted = json.loads(out.getvalue())
-    assert fitted["n_points"] == 4 and set(fitted["params"]) == {"E", "A", "B", "alpha", "beta"}
+    assert fitted["n_points"] == 4 and set(fitted["params"]) == {"E", "A", "alpha"}
 
 
 def test_zero3_trial_trains_and_checkpoints_every_rank(ray_session, tmp_path):

@@ -43,8 +43,8 @@ def _shard(arrays: dict[str, np.ndarray], rank: int, world: int) -> dict[str, np
 
 
 @torch.no_grad()
-def predict_split(model, arrays: dict[str, np.ndarray], device, rank: int, world: int,
-                  fn=lambda m, b: m.predict(b)) -> np.ndarray | dict[str, np.ndarray] | None:
+def predict_split(model, arrays: dict[str, np.ndarray], device, rank: int,
+                  world: int) -> np.ndarray | dict[str, np.ndarray] | None:
     """Predictions of the whole split on rank 0 (None elsewhere)."""
     n = len(next(iter(arrays.values())))
     shard = _shard(arrays, rank, world)
@@ -52,7 +52,7 @@ def predict_split(model, arrays: dict[str, np.ndarray], device, rank: int, world
     m = len(next(iter(shard.values())))
     for i in range(0, m, EVAL_CHUNK):
         batch = {k: torch.as_tensor(v[i:i + EVAL_CHUNK], device=device) for k, v in shard.items()}
-        outs.append(fn(model, batch))
+        outs.append(model.predict(batch))
     if isinstance(outs[0], torch.Tensor):
         return _gather(torch.cat(outs).float().cpu().numpy(), n)
     # A head's Prediction(probs, variance): gather each field.

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel, T5Config, T5Model, ViTConfig, ViTModel
 
+from reliscale.heads import build_head
 from reliscale.ladder import FFN_RATIO, ModelSize, Shape
 
 # Parameters that count as embeddings (excluded from non-embedding counts, as Kaplan et al.):
@@ -70,8 +71,6 @@ class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, width: int, num_classes: int, technique: str,
                  technique_opts: dict):
         super().__init__()
-        from reliscale.heads import build_head
-
         self.backbone = backbone
         self.head = build_head(technique, width, num_classes, **technique_opts)
 

@@ -36,7 +36,7 @@ def icl_curve_plot(path: Path, split: str, curve: np.ndarray, baselines: dict[st
 
 
 def reliability_diagram(path: Path, probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> Path:
-    """Accuracy vs confidence in equal-width bins, bar width ∝ nothing, count shown as shade."""
+    """Accuracy vs confidence in equal-width bins; each bar is labelled with its example count."""
     from reliscale.metrics import ece
 
     conf, correct = probs.max(1), probs.argmax(1) == labels

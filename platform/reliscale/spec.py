@@ -534,10 +534,15 @@ class TrialConfig:
         return mixture_name(dict(self.mixture))
 
     @property
+    def data_per_step(self) -> int:
+        """Examples (or tokens) one optimizer step consumes."""
+        data = self.spec.data
+        return data.batch_size * (data.seq_len if data.unit == "tokens" else 1)
+
+    @property
     def steps(self) -> int:
         """Optimizer steps to consume the data budget (whole global batches)."""
-        per_step = self.spec.data.batch_size * (self.spec.data.seq_len if self.spec.data.unit == "tokens" else 1)
-        return max(1, self.data_size // per_step)
+        return max(1, self.data_size // self.data_per_step)
 
 
 def mixture_name(mix: Mixture) -> str:

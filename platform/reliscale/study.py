@@ -28,6 +28,7 @@ from reliscale.spec import (
     expand,
     validate,
 )
+from reliscale.tasks.registry import TASKS
 
 SPEC_FILE = "spec.yaml"
 
@@ -111,6 +112,10 @@ def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: fl
     from reliscale.progress import ProgressView
     from reliscale.trial import run_trial
 
+    if not spec.task_info().runnable:
+        runnable = ", ".join(name for name, info in TASKS.items() if info.runnable)
+        raise SpecError([f"data.task: {spec.data.task!r} can be planned but not run yet (no data "
+                         f"stream); allowed for run: {runnable}"], spec.name)
     paths = StudyPaths(spec, root or default_root())
     trials = expand(spec)
     _write_spec(spec, paths)

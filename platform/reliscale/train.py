@@ -34,13 +34,6 @@ log = logging.getLogger("reliscale.train")
 CKPT_TAG = "ds"
 
 
-def data_seen(trial, steps_done: int) -> int:
-    per_step = trial.spec.data.batch_size
-    if trial.spec.data.unit == "tokens":
-        per_step *= trial.spec.data.seq_len
-    return steps_done * per_step
-
-
 def _restore(engine, objective) -> int:
     """Load the latest readable checkpoint; returns the number of optimizer steps already done."""
     ckpt = ray.train.get_checkpoint()
@@ -136,7 +129,7 @@ def train_loop(config: dict) -> None:
                 metrics[f"train/group_weight/{name}"] = w
                 metrics[f"train/group_loss/{name}"] = g_loss
         loss_sum, loss_n = 0.0, 0
-        seen = data_seen(trial, step + 1)
+        seen = (step + 1) * trial.data_per_step
 
         t0 = time.perf_counter()
         if logger and seen not in already:
@@ -161,6 +154,6 @@ def _finish(logger: TrialLogger, evaluator, trial, timings: dict[str, float]) ->
     with tempfile.TemporaryDirectory() as tmp:
         for path in evaluator.write_artifacts(Path(tmp)):
             logger.log_artifact(path, "eval")
-    final = data_seen(trial, trial.steps)
+    final = trial.steps * trial.data_per_step
     logger.log_metrics({k: float(np.round(v, 4)) for k, v in timings.items()}, step=final)
     logger.finish()

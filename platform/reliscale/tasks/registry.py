@@ -15,6 +15,7 @@ class TaskInfo:
     metrics: tuple[str, ...]
     function_classes: tuple[str, ...] = ()
     default_mixture: dict[str, float] = field(default_factory=dict)
+    runnable: bool = True  # False: the spec plans, but no data stream exists to train it yet
 
 
 ICL_CLASSES = ("dense_linear", "sparse_linear", "relu2nn", "sinusoid")
@@ -43,6 +44,6 @@ TASKS: dict[str, TaskInfo] = {
     # Next-token prediction on a local token file or a seeded synthetic language.
     "lm": TaskInfo(
         kind="lm", unit="tokens", families=("decoder",), techniques=("none",),
-        splits=("id",), metrics=("loss", "perplexity"),
+        splits=("id",), metrics=("loss", "perplexity"), runnable=False,
     ),
 }
