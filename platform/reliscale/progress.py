@@ -95,7 +95,8 @@ class ProgressView(tune.Callback):
         elapsed = self.last_print - self.t0
         counts = {v: 0 for v in STATE.values()}
         for t in trials:
-            counts[STATE.get(t.status, t.status.lower())] = counts.get(STATE.get(t.status, ""), 0) + 1
+            state = STATE.get(t.status, t.status.lower())
+            counts[state] = counts.get(state, 0) + 1
         frac = self.fraction_done()
         eta = self.eta_s()
         eta_s = _hms(eta) if eta == eta else "--:--:--"

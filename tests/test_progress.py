@@ -1,0 +1,43 @@
+"""The live study view: FLOPs-weighted progress, an ETA from finished trials, plain lines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from reliscale.progress import ProgressView
+
+
+@dataclass
+class TrialState:  # the two attributes of a Tune trial the view reads
+    status: str
+    config: dict
+
+
+def test_progress_is_weighted_by_planned_flops():
+    view = ProgressView("s", {"small": 1.0, "big": 3.0}, {"small": 100, "big": 100}, concurrency=1)
+    view.on_trial_result(0, [], TrialState("RUNNING", {"trial_id": "big"}), {"data_seen": 50})
+    assert view.fraction_done() == pytest.approx(1.5 / 4)
+
+
+def test_eta_fits_overhead_plus_compute_from_finished_trials(monkeypatch):
+    clock = iter([0.0, 0.0, 10.0, 10.0, 30.0, 30.0, 30.0])
+    monkeypatch.setattr("reliscale.progress.time.monotonic", lambda: next(clock))
+    flops = {"a": 1.0, "b": 3.0, "c": 5.0}
+    view = ProgressView("s", flops, {k: 10 for k in flops}, concurrency=1)
+    for tid in ("a", "b"):
+        view.on_trial_start(0, [], TrialState("RUNNING", {"trial_id": tid}))
+    view.durations = {"a": 10.0, "b": 20.0}  # a + b·flops: 5 s overhead + 5 s per unit
+    view.started = {"a": 0.0, "b": 10.0}
+    assert view.eta_s() == pytest.approx(5 + 5 * 5.0)  # trial c, not started yet
+
+
+def test_view_prints_counts_and_running_trials(capsys):
+    view = ProgressView("study1", {"t1": 1.0, "t2": 1.0}, {"t1": 10, "t2": 10}, concurrency=2)
+    trials = [TrialState("TERMINATED", {"trial_id": "t1"}), TrialState("RUNNING", {"trial_id": "t2"})]
+    view.on_trial_result(0, trials, trials[1], {"data_seen": 4, "train/loss": 0.5})
+    view._print(trials, "hello")
+    out = capsys.readouterr().out
+    assert "[reliscale study1]" in out and "done 1/2  running 1  pending 0" in out and "| hello" in out
+    assert "t2" in out and "4 / 10" in out and "train/loss 0.5" in out
