@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast bench lint clean postgres
 
 # Creates the virtual environment when missing and (re)installs when pyproject.toml changes.
 # torch is pinned in the same pip command: an unpinned resolve pulls a multi-GB CUDA build.
@@ -20,16 +20,22 @@ demo: .venv
 	@echo "MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath studies/icl_smoke/mlflow.db)"
 	@echo "Scaling-law report:  $(VENV)/bin/reliscale fit --experiment icl_smoke --tracking-uri sqlite:///$(abspath studies/icl_smoke/mlflow.db) --metric eval/id/mse --form chinchilla --report studies/icl_smoke/report"
 
-test: .venv
+test: .venv postgres
 	$(VENV)/bin/pytest -q
 
 test-fast: .venv
 	$(VENV)/bin/pytest -q -m "not slow"
 
+# The tracking-server tests start their own PostgreSQL; install it from Debian packages when missing.
+postgres:
+	@test -n "$(wildcard /usr/lib/postgresql/*/bin/initdb)" || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
+
 bench: .venv
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_fit.py
 	$(PY) bench/bench_step.py
+	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_platform.py
 
 lint: .venv

@@ -6,6 +6,8 @@
 is its own. The breakdown of (b) comes from the `time/*` metrics every trial logs.
 
     .venv/bin/python bench/bench_platform.py [--sizes 3.2e4,6.4e4] [--model S1] [--out bench/platform.md]
+
+Each run is appended to the output file, so earlier runs stay beside the new one.
 """
 
 from __future__ import annotations
@@ -66,23 +68,26 @@ def main() -> None:
     ap.add_argument("--model", default="S1")
     ap.add_argument("--out", default="bench/platform.md")
     args = ap.parse_args()
+    import ray
     from mlflow.tracking import MlflowClient
 
     from reliscale.spec import expand, load_spec
-    from reliscale.study import StudyPaths, connect_ray, run_study
+    from reliscale.study import StudyPaths, run_study
 
     overrides = [f"data.sizes=[{args.sizes}]", f"model.sizes=[{args.model}]", "resources.max_concurrent_trials=1",
                  "name=bench_platform"]
     spec = load_spec(REPO / "jobs" / "icl_smoke.yaml", overrides)
     trials = expand(spec)
 
+    load_before = os.getloadavg()
     torch.set_num_threads(2)
     plain = {t.trial_id: plain_loop(t) for t in trials}
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        connect_ray()
+        # A fresh local cluster (never one another user started on this machine), short temp dir.
+        ray.init(address="local", _temp_dir="/tmp/rs_bench", runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
         ray_start = time.perf_counter() - t0
         results = run_study(spec, Path(tmp), progress_interval_s=3600)
         platform_total = time.perf_counter() - t0
@@ -94,9 +99,10 @@ def main() -> None:
                 client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")}
         trial_wall = {r.config["trial_id"]: r.metrics["time_total_s"] for r in results}
 
+    load = " / ".join(f"{x:.1f}" for x in (*load_before, *os.getloadavg()))
     lines = [
-        "# Platform overhead: plain PyTorch loop vs reliscale\n",
-        f"- date: {datetime.date.today()}",
+        "## Run of " + f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n",
+        f"- load average (1/5/15 min) at start / end: {load} on {os.cpu_count()} cores (shared machine)",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}",
         f"- command: `.venv/bin/python bench/bench_platform.py --sizes {args.sizes} --model {args.model}`",
         "- grid: jobs/icl_smoke.yaml with the sizes above, trials one at a time; (a) one process, 2 torch "
@@ -118,7 +124,9 @@ def main() -> None:
     lines += ["", f"Ray start: {ray_start:.1f} s. Study total: (a) {total_plain:.1f} s, (b) {platform_total:.1f} s, "
               f"ratio b/a = {platform_total / total_plain:.2f}; overhead per trial "
               f"(b - a) / trials = {(platform_total - total_plain) / len(trials):.1f} s."]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else "# Platform overhead: plain PyTorch loop vs reliscale\n"
+    out.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")  # runs accumulate, newest last
     print("\n".join(lines))
 
 

@@ -3,7 +3,7 @@
 For three ICL decoder sizes: median optimizer-step time of plain DDP + AdamW, and of
 DeepSpeed ZeRO-0/2/3 with the same AdamW, measured in one run (ratios are what count on a
 shared machine). Peak RSS growth per worker (after imports, before the model is built)
-is set beside the plan's estimate (`ladder.model_state_bytes` + `activation_bytes`).
+is set beside the plan's estimate (`plan.memory_terms`; bench_memory.py breaks it down).
 
     .venv/bin/python bench/bench_step.py [--steps 30] [--sizes S2,S4,S5] [--out bench/step.md]
 """
@@ -99,13 +99,14 @@ def run(size: str, mode: str, steps: int) -> dict:
     return result
 
 
-def estimate_mb(n_params: int, size: str, stage: int) -> float:
-    from reliscale import ladder
+def estimate_mb(size: str, stage: int) -> float:
+    """The plan's estimate for the same workload (bench_memory's spec: d=8, 16 pairs, micro-batch 32)."""
+    from bench_memory import spec_for
 
-    states = ladder.model_state_bytes(n_params, stage, 2, "fp32")
-    acts = ladder.activation_bytes(ladder.ModelSize(size, ladder.DECODER_LADDER[size]), BATCH, 2 * POINTS,
-                                   "fp32")
-    return (states + acts) / 2**20
+    from reliscale.plan import memory_terms, param_counts
+
+    trial = spec_for(size, stage)
+    return sum(memory_terms(trial, param_counts([trial])[trial.trial_id]).values()) / 2**20
 
 
 def main() -> None:
@@ -119,7 +120,7 @@ def main() -> None:
         results = {m: run(size, m, args.steps) for m in ("ddp", "zero0", "zero2", "zero3")}
         base = results["ddp"]["step_ms"]
         for mode, r in results.items():
-            est = "" if mode == "ddp" else f"{estimate_mb(r['n_params'], size, int(mode[-1])):.0f}"
+            est = "" if mode == "ddp" else f"{estimate_mb(size, int(mode[-1])):.0f}"
             rows.append(f"| {size} | {r['n_params'] / 1e6:.2f}M | {mode} | {r['step_ms']:.1f} | "
                         f"{r['step_ms'] / base:.2f} | {r['rss_growth_mb']:.0f} | {est} |")
             print(rows[-1], flush=True)
@@ -130,7 +131,7 @@ def main() -> None:
               f"- model: ICL decoder, d={DIM}, {POINTS} pairs (32 tokens), micro-batch {BATCH} per worker\n"
               f"- step: forward + backward + optimizer step, median of steps 6..{args.steps}\n"
               f"- RSS growth: peak RSS of rank 0 minus its RSS after imports and process-group setup;\n"
-              f"  estimate: the plan's ZeRO model states + stored activations for that stage\n\n"
+              f"  estimate: the plan's estimate (`plan.memory_terms`, see bench/memory.md)\n\n"
               "| size | params | engine | step ms | ratio to DDP | RSS growth MB | plan estimate MB |\n"
               "|---|---|---|---|---|---|---|\n")
     with open(args.out, "w") as f:

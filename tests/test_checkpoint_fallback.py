@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent('''
 
     def engine():
         torch.manual_seed(0)
-        return build_engine(build_model(trial), trial.spec, trial.steps)
+        return build_engine(build_model(trial), trial.spec, trial.steps, trial.lr)
 
     def step(e, i):
         batch = {k: torch.as_tensor(v) for k, v in task.train_batch(i, 0, 0, 32).items()}

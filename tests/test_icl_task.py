@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from reliscale.evaluate import eval_schedule
-from reliscale.tasks.icl import ICLTask, baseline_errors, icl_metrics, ood_class, sample_prompts
-from reliscale.tasks.registry import ICL_CLASSES
+from reliscale.tasks.icl import (
+    ICLTask,
+    baseline_errors,
+    icl_metrics,
+    lasso,
+    ood_class,
+    sample_prompts,
+)
+from reliscale.tasks.registry import ICL_CLASSES, parse_convex_split
 
 
 def task(tmp_path, **kw) -> ICLTask:
@@ -89,3 +96,49 @@ def test_eval_schedule_is_log_spaced_and_ends_at_the_budget():
     assert eval_schedule(64, 4) == [1, 4, 16, 64]
     assert eval_schedule(1000, 5)[-1] == 1000 and len(eval_schedule(1000, 5)) == 5
     assert eval_schedule(3, 10) == [1, 2, 3]
+
+
+def test_lasso_matches_sklearn_coordinate_descent():
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((20, 7, 5)), rng.standard_normal((20, 7))
+    ours = lasso(x, y, alpha=0.1)
+    ref = np.stack([Lasso(alpha=0.1, fit_intercept=False, tol=1e-12, max_iter=100_000).fit(a, b).coef_
+                    for a, b in zip(x, y, strict=True)])
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_lasso_beats_least_squares_on_sparse_functions_with_few_examples():
+    # k < d examples of a 1-sparse function: lasso finds the one coordinate, min-norm LS spreads it.
+    p = sample_prompts(np.random.default_rng(5), 800, {"sparse_linear": 1.0}, dim=8, points=8, sparse_k=1)
+    base = {k: v[:, 3:7].mean() for k, v in baseline_errors(p["x"], p["y"]).items()}
+    assert base["lasso"] < 0.6 * base["ls"]
+
+
+def test_convex_split_mixes_two_classes_at_the_named_weight(tmp_path):
+    t = task(tmp_path, dim=6)
+    half, quarter = t.split("convex-dense_linear-sinusoid"), t.split("convex-dense_linear-sinusoid-25")
+    assert np.mean(half.y**2) / 6 == pytest.approx(1.0, rel=0.1)  # still E[y²] = d
+    # 25 % sinusoid is closer to linear than 50 %: least squares explains more of it.
+    assert quarter.baselines["ls"][:, -1].mean() < half.baselines["ls"][:, -1].mean()
+    assert parse_convex_split("convex-dense_linear-sinusoid-25") == ("dense_linear", "sinusoid", 0.25)
+    assert parse_convex_split("convex-dense_linear-dense_linear") is None
+    assert parse_convex_split("convex-dense_linear-nope") is None
+
+
+def test_pure_class_split_holds_only_that_class_and_names_its_group(tmp_path):
+    t = task(tmp_path, mixture={"dense_linear": 1.0, "sparse_linear": 1.0}, dim=6, sparse_k=1)
+    sparse = t.split("sparse_linear")
+    assert sparse.group_names == ("sparse_linear",)
+    w = np.stack([np.linalg.lstsq(x, y, rcond=None)[0] for x, y in zip(sparse.x, sparse.y, strict=True)])
+    assert ((np.abs(w) > 1e-3).sum(axis=1) == 1).all()
+    assert t.split("id").group_names == ("dense_linear", "sparse_linear")
+
+
+def test_best_baseline_is_the_lowest_non_trivial_baseline(tmp_path):
+    split = task(tmp_path).split("id")
+    metrics, _ = icl_metrics(np.zeros_like(split.y), split)
+    named = [metrics[f"baseline_{b}"] for b in ("ls", "lasso", "avg", "knn")]
+    assert metrics["baseline_best"] == min(named)
+    assert metrics["best_ratio"] == pytest.approx(metrics["mse"] / min(named))

@@ -10,7 +10,7 @@ from test_scalinglaws_load import shared_study
 
 from scalinglaws.cli import main
 
-KEYS = {"form", "params", "ci", "n_points", "loss"}
+KEYS = {"form", "x", "y", "params", "ci", "n_points", "loss"}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -137,3 +137,15 @@ def test_rows_with_missing_values_are_ignored():
     df.loc[[0, 3], "loss"] = np.nan
     law = ChinchillaLaw(y="loss", grid=COARSE).fit(df)
     assert law.n_points_ == 23
+
+
+def test_joint_law_in_two_model_sizes_recovers_both_exponents():
+    # PaLI-style: vision-encoder size x text-decoder size at fixed data, same additive form.
+    truth = {"E": 0.4, "A": 30.0, "B": 8.0, "alpha": 0.3, "beta": 0.2}
+    enc, dec = np.meshgrid(np.geomspace(1e6, 1e9, 5), np.geomspace(1e6, 1e9, 4))
+    df = pd.DataFrame({"n_params_enc": enc.ravel(), "n_params_dec": dec.ravel()})
+    law = ChinchillaLaw(x=("n_params_enc", "n_params_dec"), y="nll", grid=COARSE)
+    df["nll"] = law.from_params(x=law.x, **truth).predict(df) * np.exp(
+        np.random.default_rng(1).normal(0, 0.003, len(df)))
+    err = rel_errors(law.fit(df).params, truth)
+    assert err["alpha"] < 0.1 and err["beta"] < 0.1 and err["E"] < 0.05

@@ -101,7 +101,24 @@ def test_unknown_split_is_refused(write_spec):
     doc = tiny_icl_spec()
     doc["eval"]["splits"] = ["id", "ood"]
     msg = problems(write_spec, doc)
-    assert "eval.splits[1]: 'ood' is not known for task 'icl'; allowed: id, ood_class, wnorm, xscale" in msg
+    assert ("eval.splits[1]: 'ood' is not a split of task 'icl'; allowed: id, ood_class, wnorm, xscale, "
+            "a function class, or convex-<class>-<class>[-<percent>]") in msg
+
+
+def test_class_and_convex_splits_are_accepted_and_a_bad_convex_pair_is_refused(write_spec):
+    doc = tiny_icl_spec()
+    doc["data"]["dim"] = 5
+    doc["eval"]["splits"] = ["id", "sparse_linear", "convex-dense_linear-sinusoid-25"]
+    load_spec(write_spec(doc))
+    doc["eval"]["splits"] = ["id", "convex-dense_linear-dense_linear"]
+    assert "eval.splits[1]: 'convex-dense_linear-dense_linear' is not a split" in problems(write_spec, doc)
+
+
+def test_sparse_class_as_dense_as_the_input_dimension_is_refused(write_spec):
+    doc = tiny_icl_spec()
+    doc["data"].update(dim=3, sparsity=3, mixture={"dense_linear": 1.0, "sparse_linear": 1.0})
+    assert ("data.sparsity: 3 non-zero weights in dim=3 make sparse_linear the same class as "
+            "dense_linear; allowed: 1..2") in problems(write_spec, doc)
 
 
 @pytest.mark.parametrize("stage", [4, -1])
@@ -163,7 +180,7 @@ def test_grid_is_the_cross_product_with_stable_readable_ids(write_spec):
 
 def test_mixtures_axis_names_trials_by_mixture(write_spec):
     doc = tiny_icl_spec()
-    doc["data"]["mixture"] = [{"dense_linear": 1}, {"dense_linear": 1, "sparse_linear": 1}]
+    doc["data"].update(dim=5, mixture=[{"dense_linear": 1}, {"dense_linear": 1, "sparse_linear": 1}])
     ids = [t.trial_id for t in expand(load_spec(write_spec(doc)))]
     assert ids == ["decoder-S0_D2.56e2_dense_linear_erm_none_s0",
                    "decoder-S0_D2.56e2_dense_linear50+sparse_linear50_erm_none_s0"]
@@ -172,3 +189,13 @@ def test_mixtures_axis_names_trials_by_mixture(write_spec):
 @pytest.mark.parametrize("job", ["icl_smoke.yaml", "lm_ladder_1b.yaml"])
 def test_shipped_job_files_validate(repo, job):
     load_spec(repo / "jobs" / job)
+
+
+def test_inverse_width_lr_rule_scales_each_trials_lr_by_its_width(write_spec):
+    doc = tiny_icl_spec(model={"family": "decoder", "sizes": ["S0", "S2"]},
+                        train={"optimizer": {"lr": 1e-3, "lr_scaling": "inverse_width",
+                                             "lr_reference_width": 128}})
+    lrs = {t.size.name: t.lr for t in expand(load_spec(write_spec(doc)))}
+    assert lrs == {"S0": pytest.approx(2e-3), "S2": pytest.approx(1e-3)}  # widths 64 and 128
+    doc["train"]["optimizer"]["lr_scaling"] = "fixed"
+    assert {t.lr for t in expand(load_spec(write_spec(doc)))} == {1e-3}

@@ -14,11 +14,13 @@ from scalinglaws.validate import Holdout
 def law_summary(
     law: Law, boot: BootstrapResult | None = None, holdout: Holdout | None = None, level: float = 0.95
 ) -> dict[str, Any]:
-    """{"form", "params", "ci", "n_points", "loss"} (+ "holdout"); ci maps param -> [lo, hi]
-    at `level` and is empty without a bootstrap."""
+    """{"form", "x", "y", "params", "ci", "n_points", "loss"} (+ "holdout"); ci maps param ->
+    [lo, hi] at `level` and is empty without a bootstrap."""
     ci = {k: [lo, hi] for k, (lo, hi) in boot.params_ci(level).items()} if boot else {}
     out: dict[str, Any] = {
         "form": law.name,
+        "x": list(law.x),
+        "y": law.y,
         "params": law.params,
         "ci": ci,
         "n_points": law.n_points_,

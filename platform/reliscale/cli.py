@@ -46,6 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_root(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("patch", help="PAINT: interpolate a trial's weights with fine-tuned ones and sweep α")
+    p.add_argument("--base", required=True, type=Path,
+                   help="the base trial's checkpoint: a step_* folder or the trial's folder (newest step)")
+    p.add_argument("--finetuned", required=True, action="append", type=Path, metavar="CKPT",
+                   help="fine-tuned checkpoint (step_* folder, trial folder or state-dict .pt); "
+                        "repeat to average several (parallel patching)")
+    p.add_argument("--alphas", default="0:1:0.1", help="start:stop:step (stop included) or a list a,b,c")
+    p.add_argument("--eval", dest="tasks", action="append", required=True, metavar="CLASS[+CLASS...]",
+                   help="a patching task (icl function classes, equal weights); repeatable. The base "
+                        "trial's own mixture is always evaluated as the supported task")
+    p.add_argument("--metric", default="mse", help="held-out selection metric, lower is better (default mse)")
+    p.add_argument("--study", help="the base trial's study (name under --root, or folder); "
+                   "default: the folder above --base holding spec.yaml")
+    _add_root(p)
+    p.add_argument("--out", type=Path, default=None, help="folder for tradeoff.png and curve.csv "
+                   "(default: <study folder>/patches/<base trial>)")
+    p.add_argument("--no-log", action="store_true", help="do not log the sweep to the study's MLflow store")
+
     sub.add_parser("fit", help="fit a scaling law (see `reliscale fit --help`)", add_help=False)
     return parser
 
@@ -111,7 +129,13 @@ def cmd_status(args) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "run": cmd_run, "resume": cmd_resume, "status": cmd_status}
+def cmd_patch(args) -> int:
+    from reliscale.patch_cli import run_patch_command
+
+    return run_patch_command(args)
+
+
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "resume": cmd_resume, "status": cmd_status, "patch": cmd_patch}
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)

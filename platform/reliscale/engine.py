@@ -61,12 +61,12 @@ def init_deepspeed_comm() -> str:
     return backend
 
 
-def build_engine(model: torch.nn.Module, spec, steps: int):
-    """Wrap a model with DeepSpeed: AdamW + warmup/cosine schedule over `steps` optimizer steps."""
+def build_engine(model: torch.nn.Module, spec, steps: int, lr: float):
+    """Wrap a model with DeepSpeed: AdamW at peak `lr` + warmup/cosine schedule over `steps` steps."""
     import deepspeed
 
     opt = spec.train.optimizer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=opt.betas,
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=opt.betas,
                                   weight_decay=opt.weight_decay)
     schedule = spec.train.schedule
     scheduler = torch.optim.lr_scheduler.LambdaLR(

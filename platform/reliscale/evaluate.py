@@ -81,8 +81,8 @@ class ICLEvaluator:
             if rank != 0:
                 continue
             metrics, self.curves[name] = icl_metrics(pred, split)
-            if self.task.num_groups > 1:
-                metrics.update(_group_metrics(pred, split, self.task.group_names))
+            if len(split.group_names) > 1:
+                metrics.update(_group_metrics(pred, split))
             out.update({f"eval/{name}/{k}": v for k, v in metrics.items() if _wanted(k, self.metrics)})
         return out
 
@@ -101,10 +101,34 @@ class ICLEvaluator:
         return paths
 
 
-def _group_metrics(pred: np.ndarray, split, names: list[str]) -> dict[str, float]:
+class LMEvaluator:
+    """Held-out next-token loss and perplexity, beside the unigram and (synthetic) floor losses."""
+
+    def __init__(self, task, splits: tuple[str, ...], metrics: tuple[str, ...] | None):
+        self.metrics = metrics
+        self.splits = {name: task.split(name) for name in splits}
+
+    def run(self, model, device, rank: int, world: int) -> dict[str, float]:
+        from reliscale.tasks.lm import lm_metrics
+
+        out = {}
+        for name, split in self.splits.items():
+            losses = predict_split(model, {"tokens": split["tokens"]}, device, rank, world)
+            if rank == 0:
+                metrics = lm_metrics(losses, split)
+                out.update({f"eval/{name}/{k}": v for k, v in metrics.items() if _wanted(k, self.metrics)})
+        return out
+
+    def write_artifacts(self, folder: Path) -> list[Path]:
+        return []
+
+
+def _group_metrics(pred: np.ndarray, split) -> dict[str, float]:
+    """Error on each function class of a mixed split, and the worst of them."""
     d = split.x.shape[2]
     err = ((pred - split.y) ** 2 / d).mean(axis=1)
-    per = {n: float(err[split.group == g].mean()) for g, n in enumerate(names) if (split.group == g).any()}
+    per = {n: float(err[split.group == g].mean()) for g, n in enumerate(split.group_names)
+           if (split.group == g).any()}
     return {**{f"mse_{n}": v for n, v in per.items()}, "worst_group_mse": max(per.values())}
 
 

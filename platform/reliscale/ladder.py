@@ -156,21 +156,112 @@ def model_state_bytes(n_params: int, zero_stage: int, workers: int, precision: s
     return per_param * n_params
 
 
-def activation_bytes(size: ModelSize, micro_batch: int, seq_len: int, precision: str,
-                     vocab: int = 0, checkpointing: bool = False) -> float:
-    """Stored activations per worker (Korthikanti et al. 2022).
+PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
-    One layer stores s·b·h·(34 + 5·a·s/h) bytes in 16-bit training (doubled for fp32).
-    Without recomputation every layer keeps them; with activation checkpointing the
-    layers keep only their 16-bit inputs (2·s·b·h) and one layer is live at a time.
-    The fp32 logits add b·s·V·4 for a vocabulary output.
+# Which transformers block each family's stacks are built from (see models.py).
+STACK_KINDS = {"decoder": ("llama", None), "vit": ("vit", "llama"), "encdec": ("t5", "t5")}
+
+
+def layer_activation_bytes(kind: str, h: int, ffn: int, heads: int, batch: int, seq: int,
+                           precision: str) -> float:
+    """Bytes one eager transformers block keeps for backward: what autograd saves, by tensor.
+
+    Counted from the tensors the block's ops save (the same numbers a
+    `saved_tensors_hooks` count gives), with p the bytes of the model's dtype and
+    n = batch·seq tokens:
+    - llama (LlamaDecoderLayer, SDPA flash attention, SwiGLU): each RMSNorm keeps its input
+      upcast to fp32 (4h), the normalised and the weighted output (2·p·h) and a fp32 rsqrt
+      (4); attention keeps q, k, v and its output (4·p·h) and a fp32 logsumexp per head
+      (4·heads); the MLP keeps gate, silu(gate), up and their product (4·p·ffn).
+    - vit (ViTLayer, SDPA, GELU MLP): each LayerNorm keeps input and output (2·p·h) and
+      mean/rstd (≤ 8); attention as above; the MLP keeps fc1's output and GELU's (2·p·ffn).
+    - t5 (T5Block encoder layer, eager attention with relative bias, gated tanh-GELU): each
+      T5LayerNorm keeps a fp32 copy (4h), in 16-bit also its 16-bit input (p·h), the
+      normalised and the output (2·p·h) and a fp32 rsqrt; attention runs in fp32: q, k, v
+      (12h), the softmax probabilities (4·heads·seq per token) and the output (p·h); the FF
+      keeps 7 tensors of width ffn (tanh-GELU's x, tanh, x/2, 1+tanh; its output, the linear
+      branch, the product).
+    Nothing here is quadratic in seq except t5's probabilities: flash attention stores none.
     """
-    scale = 2 if precision == "fp32" else 1
+    p, n = PRECISION_BYTES[precision], batch * seq
+    if kind == "llama":
+        return n * ((8 + 8 * p) * h + 4 * p * ffn + 8 + 4 * heads)
+    if kind == "vit":
+        return n * (8 * p * h + 2 * p * ffn + 16 + 4 * heads)
+    if kind == "t5":
+        extra_input = 0 if p == 4 else p  # in fp32 the fp32 copy is the input itself
+        return n * ((20 + 2 * extra_input + 5 * p) * h + 7 * p * ffn + 8 + 4 * heads * seq)
+    raise ValueError(f"unknown block kind {kind!r}; allowed: llama, vit, t5")
+
+
+def activation_bytes(size: ModelSize, micro_batch: int, seq_len: int, precision: str,
+                     vocab: int = 0, checkpointing: bool = False, family: str = "decoder",
+                     dec_len: int = 0) -> float:
+    """Stored activations per worker: every layer's `layer_activation_bytes`.
+
+    `seq_len` is the length the first stack sees, `dec_len` the second stack's (vit's text
+    decoder, encdec's decoder). With activation checkpointing every layer keeps only its
+    input (p·h per token) and one layer's activations are live again during its backward.
+    A vocabulary output adds its fp32 logits (b·s·V·4, kept by the cross-entropy).
+    The t5 decoder's cross-attention is counted as a self-attention layer at the decoder
+    length: our encdec decoders read one token, so its k/v of the encoder are small.
+    """
+    p = PRECISION_BYTES[precision]
+    first, second = STACK_KINDS[family]
+    stacks = [(first, size.enc, seq_len)]
+    if size.dec is not None or family == "encdec":
+        dec = size.dec or size.enc
+        if family == "encdec":  # T5Config takes width, heads and d_ff from the encoder shape
+            dec = Shape(size.enc.width, dec.depth, size.enc.heads, size.enc.ffn_width(FFN_RATIO["encdec"]))
+        stacks.append((second, dec, max(dec_len, 1)))
     total = 0.0
-    for shape in (size.enc, size.dec):
-        if shape is None:
-            continue
-        s, b, h, n_layer, a = seq_len, micro_batch, shape.width, shape.depth, shape.heads
-        layer = s * b * h * (34 + 5 * a * s / h) * scale
-        total += (2 * s * b * h * scale * n_layer + layer) if checkpointing else layer * n_layer
+    for kind, shape, seq in stacks:
+        ratio = FFN_RATIO["decoder" if kind == "llama" else family]
+        layer = layer_activation_bytes(kind, shape.width, shape.ffn_width(ratio), shape.heads, micro_batch,
+                                       seq, precision)
+        if checkpointing:
+            total += p * micro_batch * seq * shape.width * shape.depth + layer
+        else:
+            total += layer * shape.depth
     return total + micro_batch * seq_len * vocab * 4
+
+
+# Measured on this platform's CPU workers (bench/memory.md): resident memory a worker gains on
+# first use whatever the model size (lazily initialised autograd/oneDNN state and transformers
+# modules: ~20 MiB), plus ~44 MiB when DeepSpeed builds a ZeRO optimizer (stage >= 1).
+RUNTIME_BYTES = 20 * 2**20
+ZERO_OPTIMIZER_BYTES = 44 * 2**20
+# glibc raises its mmap threshold after the first large free, so later activation-sized blocks
+# come from the heap and stay resident after backward frees them: measured 0.63x (S4) to 0.87x
+# (S2) the activation bytes on top of the live peak after 20 steps. CPU workers only.
+HEAP_RETENTION = 0.75
+DS_BUCKET = 500_000_000  # DeepSpeed's default reduce/allgather bucket, elements
+DS_MAX_LIVE = 1_000_000_000  # stage3_max_live_parameters default
+
+
+def zero_buffer_bytes(n_params: int, zero_stage: int, workers: int, precision: str,
+                      zero_config: dict, device: str) -> float:
+    """Bytes DeepSpeed holds beyond the ZeRO paper's model states, per worker.
+
+    - stage 0: the engine all-reduces gradients through a flattened copy of them
+      (min(N, bucket) elements of the gradient dtype).
+    - stages 1-3 in fp32: the optimizer's fp32 master partition is a copy (4·N/k), besides
+      the fp32 weights the paper counts; in 16-bit the paper's 12 bytes already hold it.
+    - stages 1-2: gradients are copied into a contiguous reduce bucket of
+      `reduce_bucket_size` elements (two with `overlap_comm`); stage 3 keeps one.
+    - stage 3: gathered full parameters stay live up to `stage3_max_live_parameters`, and the
+      reduce-scatter concatenates the bucket's gradients into one more flat copy.
+    On a GPU the caching allocator backs a whole bucket; on CPU only the pages written are
+    resident, i.e. min(N, bucket) elements.
+    """
+    p = PRECISION_BYTES[precision]
+    if zero_stage == 0:
+        return min(n_params, DS_BUCKET) * p
+    bucket = int(zero_config.get("reduce_bucket_size", DS_BUCKET))
+    resident = bucket if device == "gpu" else min(bucket, n_params)
+    overlap = zero_config.get("overlap_comm", zero_stage == 3)
+    total = (4 * n_params / workers if precision == "fp32" else 0) + resident * p
+    if zero_stage in (1, 2):
+        return total + (resident * p if overlap else 0)
+    gathered = min(n_params, int(zero_config.get("stage3_max_live_parameters", DS_MAX_LIVE)))
+    return total + resident * p + gathered * p

@@ -57,17 +57,39 @@ def worker_memory_gb(spec: StudySpec) -> float:
     return ram / r.workers
 
 
+def memory_terms(trial: TrialConfig, counts: dict[str, int]) -> dict[str, float]:
+    """Bytes per worker, by what holds them (summed into the plan's estimate).
+
+    states: weights, gradients, Adam (the ZeRO paper); deepspeed: DeepSpeed's own copies and
+    buckets beyond those; activations: what autograd keeps for backward; runtime: what a
+    worker gains on first use; heap: activation blocks glibc keeps resident on CPU workers.
+    """
+    from reliscale.engine import deepspeed_config
+
+    spec = trial.spec
+    train, workers = spec.train, spec.resources.workers
+    device = "gpu" if spec.resources.gpus_per_worker > 0 else "cpu"
+    enc_len, dec_len = sequence_lengths(trial)
+    vocab = spec.data.vocab_size if spec.data.task == "lm" else 0
+    n = counts["n_params"]
+    acts = ladder.activation_bytes(trial.size, spec.micro_batch(), enc_len, train.precision, vocab,
+                                   train.activation_checkpointing, trial.family, dec_len)
+    return {
+        "states": ladder.model_state_bytes(n, train.zero_stage, workers, train.precision),
+        "deepspeed": ladder.zero_buffer_bytes(n, train.zero_stage, workers, train.precision,
+                                              deepspeed_config(spec)["zero_optimization"], device),
+        "activations": acts,
+        "runtime": ladder.RUNTIME_BYTES + (ladder.ZERO_OPTIMIZER_BYTES if train.zero_stage else 0),
+        "heap": ladder.HEAP_RETENTION * acts if device == "cpu" else 0.0,
+    }
+
+
 def plan_trial(trial: TrialConfig, counts: dict[str, int]) -> PlanRow:
     spec = trial.spec
     enc_len, dec_len = sequence_lengths(trial)
     flops = ladder.training_flops(counts["n_params_nonembedding"], tokens_seen(trial),
                                   ladder.attention_flops_per_token(trial.size, enc_len, dec_len))
-    micro_batch = spec.micro_batch()
-    vocab = spec.data.vocab_size if spec.data.task == "lm" else 0
-    mem = ladder.model_state_bytes(counts["n_params"], spec.train.zero_stage, spec.resources.workers,
-                                   spec.train.precision)
-    mem += ladder.activation_bytes(trial.size, micro_batch, enc_len + dec_len, spec.train.precision,
-                                   vocab, spec.train.activation_checkpointing)
+    mem = sum(memory_terms(trial, counts).values())
     return PlanRow(trial.trial_id, trial.family, trial.size.name, counts["n_params"],
                    counts["n_params_nonembedding"], trial.data_size, flops,
                    spec.resources.workers, spec.train.zero_stage, round(mem / 2**30, 3))

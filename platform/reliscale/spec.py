@@ -132,6 +132,7 @@ class DataSpec(_Section):
     dim: int = Field(default=8, gt=0)  # in-context regression: input dimension d
     points: int = Field(default=16, gt=1)  # in-context regression: (x, y) pairs per prompt
     noise_std: float = Field(default=0.0, ge=0)
+    sparsity: int = Field(default=3, gt=0)  # in-context regression: non-zero weights of sparse_linear
     seq_len: int = Field(default=128, gt=0)  # lm: tokens per sequence
     vocab_size: int = Field(default=50304, gt=1)  # lm
     path: str | None = None  # lm: a local token file; None = the seeded synthetic language
@@ -181,8 +182,18 @@ class DataSpec(_Section):
 
 
 class OptimizerSpec(_Section):
+    """AdamW. With `lr_scaling: inverse_width` each trial's LR is lr · lr_reference_width / width.
+
+    The rule: maximal-update parametrisation's LR for Adam on hidden matrices falls as 1/width
+    (Yang et al. 2022), and published ladders follow it closely: GPT-3's LR falls 3x from width
+    768 to 2048 (6e-4 -> 2e-4; Brown et al. 2020, Table 2.1), the rule gives 2.7x. For a two-stack
+    model the wider stack sets the width.
+    """
+
     name: Literal["adamw"] = "adamw"
     lr: float = Field(default=1e-3, gt=0)
+    lr_scaling: Literal["fixed", "inverse_width"] = "fixed"
+    lr_reference_width: int = Field(default=1024, gt=0)  # the width at which the LR is `lr`
     weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = Field(default=1.0, ge=0)
@@ -271,6 +282,56 @@ class TechniqueSpec(_Section):
     het_temperature: float = Field(default=1.0, gt=0)
 
 
+class PatchSpec(_Section):
+    """PAINT after the grid (Ilharco et al. 2022): fine-tune trained trials on patching tasks,
+    interpolate θ(α) = (1-α)·θ_base + α·θ_ft and pick α on held-out prompts.
+
+    joint: one fine-tune on the union of the tasks; parallel: one per task, weights averaged;
+    sequential: fine-tune on task 1, patch, fine-tune the patched model on task 2, ...
+    """
+
+    tasks: tuple[Mixture, ...] = Field(min_length=1)  # each an ICL mixture, e.g. {sinusoid: 1}
+    mode: Literal["joint", "sequential", "parallel"] = "joint"
+    finetune_size: float  # training prompts of each fine-tune
+    lr: float | None = Field(default=None, gt=0)  # replaces train.optimizer.lr for fine-tunes; None: keep it
+    alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    select_metric: Literal["mse", "mse_first", "mse_mid", "mse_last", "ls_ratio"] = "mse"  # lower wins
+    trials: tuple[str, ...] | None = None  # trial ids to patch; None: every trial of the grid
+
+    _tasks_as_tuple = field_validator("tasks", mode="before")(_as_tuple)
+
+    @field_validator("alphas", mode="before")
+    @classmethod
+    def _alpha_grid(cls, v: Any) -> tuple[float, ...]:
+        from reliscale.alphas import check_alphas, parse_alphas
+
+        try:
+            return parse_alphas(v) if isinstance(v, str) else check_alphas(_as_tuple(v))
+        except ValueError as e:
+            raise At("", str(e)) from None
+
+    @field_validator("finetune_size")
+    @classmethod
+    def _whole(cls, n: float) -> float:
+        if not (n > 0 and math.isfinite(n) and float(n).is_integer()):
+            raise At("", f"{n!r} is not allowed; allowed: a positive integer")
+        return n
+
+    @model_validator(mode="after")
+    def _known_classes(self) -> PatchSpec:
+        classes = TASKS["icl"].function_classes
+        for j, mix in enumerate(self.tasks):
+            if not mix:
+                raise At(f"tasks[{j}]", "empty mixture; allowed: {class: weight, ...}")
+            for name, weight in mix.items():
+                if name not in classes:
+                    raise At(f"tasks[{j}].{name}", f"not an icl function class; allowed: {', '.join(classes)}"
+                             + _did_you_mean(name, classes))
+                if not weight > 0:
+                    raise At(f"tasks[{j}].{name}", f"weight {weight!r} is not allowed; allowed: > 0")
+        return self
+
+
 Objective = Literal["erm", "minimax"]
 Technique = Literal["none", "batchensemble", "gp", "het"]
 
@@ -289,6 +350,7 @@ class StudySpec(_Section):
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
     storage: StorageSpec = StorageSpec()
+    patch: PatchSpec | None = None
 
     _axes_as_tuples = field_validator("objective", "technique", mode="before")(_as_tuple)
 
@@ -311,14 +373,20 @@ class StudySpec(_Section):
             if t not in info.techniques:
                 raise At("technique", f"{t!r} does not apply to task {self.data.task!r}; "
                          f"allowed: {', '.join(info.techniques)}")
-        for name, given, allowed in (
-            ("eval.splits", self.eval.splits, info.splits),
-            ("eval.metrics", self.eval.metrics, info.metrics),
-        ):
-            for i, item in enumerate(given or ()):
-                if item not in allowed:
-                    raise At(f"{name}[{i}]", f"{item!r} is not known for task {self.data.task!r}; "
-                             f"allowed: {', '.join(allowed)}" + _did_you_mean(item, allowed))
+        for i, item in enumerate(self.eval.splits or ()):
+            if not info.allows_split(item):
+                raise At(f"eval.splits[{i}]", f"{item!r} is not a split of task {self.data.task!r}; "
+                         f"allowed: {info.describe_splits()}"
+                         + _did_you_mean(item, info.splits + info.function_classes))
+        for i, item in enumerate(self.eval.metrics or ()):
+            if item not in info.metrics:
+                raise At(f"eval.metrics[{i}]", f"{item!r} is not known for task {self.data.task!r}; "
+                         f"allowed: {', '.join(info.metrics)}" + _did_you_mean(item, info.metrics))
+        uses_sparse = any("sparse_linear" in m for m in self.data.mixtures()) or any(
+            "sparse_linear" in s for s in self.eval.splits or ())
+        if uses_sparse and self.data.sparsity >= self.data.dim:
+            raise At("data.sparsity", f"{self.data.sparsity} non-zero weights in dim={self.data.dim} make "
+                     f"sparse_linear the same class as dense_linear; allowed: 1..{self.data.dim - 1}")
         if self.eval.splits is not None and "id" not in self.eval.splits:
             raise At("eval.splits", "the in-distribution split 'id' is required; "
                      "allowed: a list containing 'id'")
@@ -334,6 +402,29 @@ class StudySpec(_Section):
         problem = cluster_fit_problem(self, r.cluster_cpus, r.cluster_gpus)
         if problem:
             raise At("resources.workers", problem)
+        return self
+
+    @model_validator(mode="after")
+    def _patch_fits(self) -> StudySpec:
+        p = self.patch
+        if p is None:
+            return self
+        if self.data.task != "icl":
+            raise At("patch", f"patching needs in-context regression tasks, not data.task={self.data.task!r}; "
+                     "allowed: data.task 'icl'")
+        if p.finetune_size < self.data.batch_size:
+            raise At("patch.finetune_size", f"{int(p.finetune_size)} is smaller than batch_size="
+                     f"{self.data.batch_size}; allowed: at least one batch")
+        grid = {mixture_name(m) for m in self.data.mixtures()}
+        for j, mix in enumerate(p.tasks):
+            if mixture_name(mix) in grid:
+                raise At(f"patch.tasks[{j}]", f"{mixture_name(mix)!r} is a pretraining mixture of the grid; "
+                         "allowed: a task the trials were not trained on")
+        ids = [t.trial_id for t in expand(self)]
+        for i, tid in enumerate(p.trials or ()):
+            if tid not in ids:
+                raise At(f"patch.trials[{i}]", f"{tid!r} is not a trial of this grid; allowed: "
+                         f"{', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}" + _did_you_mean(tid, ids))
         return self
 
     # axes -------------------------------------------------------------
@@ -538,6 +629,15 @@ class TrialConfig:
         """Examples (or tokens) one optimizer step consumes."""
         data = self.spec.data
         return data.batch_size * (data.seq_len if data.unit == "tokens" else 1)
+
+    @property
+    def lr(self) -> float:
+        """Peak learning rate of this trial: the spec's, scaled by its width if the spec says so."""
+        opt = self.spec.train.optimizer
+        if opt.lr_scaling == "fixed":
+            return opt.lr
+        width = max(s.width for s in (self.size.enc, self.size.dec) if s is not None)
+        return opt.lr * opt.lr_reference_width / width
 
     @property
     def steps(self) -> int:

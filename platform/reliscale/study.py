@@ -23,12 +23,12 @@ from reliscale.spec import (
     TRIAL_CPU,
     SpecError,
     StudySpec,
+    TrialConfig,
     check_fits_cluster,
     dump_spec,
     expand,
     validate,
 )
-from reliscale.tasks.registry import TASKS
 
 SPEC_FILE = "spec.yaml"
 
@@ -49,6 +49,11 @@ class StudyPaths:
     @property
     def tune_dir(self) -> Path:
         return self.storage / "tune"
+
+    @property
+    def trials_dir(self) -> Path:
+        """Every trial's checkpoints: <trials_dir>/<trial_id>/step_*."""
+        return self.storage / "trials"
 
 
 def load_study_spec(study: str, root: Path) -> StudySpec:
@@ -72,11 +77,20 @@ def _check_storage(paths: StudyPaths) -> None:
 
 
 def _check_tracking(uri: str) -> None:
+    """Reach the store before any trial starts. A server is probed at /health with a short timeout:
+    MLflow's own client would retry an unreachable server for minutes before giving up."""
+    import urllib.request
+
     from mlflow.tracking import MlflowClient
 
+    def probe() -> None:
+        if uri.startswith(("http://", "https://")):
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
+                pass
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
     try:
-        tracking.with_retries(lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1),
-                              "reach tracking store", attempts=3, base_delay=0.5)
+        tracking.with_retries(probe, "reach tracking store", attempts=3, base_delay=0.5)
     except Exception as e:
         raise SpecError([f"tracking.uri: {uri!r} is unreachable ({type(e).__name__}: {str(e)[:200]}); "
                          "allowed: a reachable MLflow tracking URI"]) from None
@@ -106,16 +120,11 @@ def connect_ray() -> None:
 
 
 def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: float = 15.0):
-    """Run (or continue) a study; returns Tune's ResultGrid."""
-    from ray import tune
-
-    from reliscale.progress import ProgressView
-    from reliscale.trial import run_trial
-
-    if not spec.task_info().runnable:
-        runnable = ", ".join(name for name, info in TASKS.items() if info.runnable)
-        raise SpecError([f"data.task: {spec.data.task!r} can be planned but not run yet (no data "
-                         f"stream); allowed for run: {runnable}"], spec.name)
+    """Run (or continue) a study, then its patch stage if it has one; returns every Tune result."""
+    if spec.data.path and not Path(spec.data.path).is_file():
+        raise SpecError([f"data.path: {spec.data.path!r} is not a file on this machine; allowed: a flat "
+                         "uint16 token file every node can read, or no path (the synthetic language)"],
+                        spec.name)
     paths = StudyPaths(spec, root or default_root())
     trials = expand(spec)
     _write_spec(spec, paths)
@@ -138,23 +147,45 @@ def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: fl
         total = ray.cluster_resources()
         check_fits_cluster(spec, total.get("CPU", 0.0), total.get("GPU", 0.0))
 
+    results = fit_trials(trials, {k: r.flops for k, r in rows.items()}, run_ids, finished, paths, "tune",
+                         progress_interval_s)
+    if spec.patch is not None and not [r for r in results if r.error]:
+        from reliscale.patch_stage import run_patch_stage
+
+        results += run_patch_stage(spec, trials, paths, runs, progress_interval_s)
+    errors = [r for r in results if r.error]
+    status = "FINISHED" if not errors else "FAILED"
+    runs.client.set_terminated(runs.parent_id, status)
+    return results
+
+
+def fit_trials(trials: list[TrialConfig], flops: dict[str, float], run_ids: dict[str, str],
+               finished: frozenset[str], paths: StudyPaths, tune_name: str, progress_interval_s: float,
+               init_from: dict[str, str] | None = None) -> list:
+    """Run trials as one Ray Tune grid named `tune_name` (continuing it if it was stopped)."""
+    from ray import tune
+
+    from reliscale.progress import ProgressView
+    from reliscale.trial import run_trial
+
+    spec = trials[0].spec
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, trials={t.trial_id: t for t in trials}, run_ids=run_ids,
-                             tracking_uri=paths.tracking_uri, storage=str(paths.storage / "trials"),
-                             finished=finished),
+                             tracking_uri=paths.tracking_uri, storage=str(paths.trials_dir),
+                             finished=finished, init_from=init_from),
         {"cpu": TRIAL_CPU},
     )
-    view = ProgressView(spec.name, {k: r.flops for k, r in rows.items()},
-                        {t.trial_id: t.data_size for t in trials},
+    view = ProgressView(spec.name, flops, {t.trial_id: t.data_size for t in trials},
                         min(spec.resources.max_concurrent_trials, len(trials)), progress_interval_s)
     run_config = tune.RunConfig(
-        name="tune", storage_path=str(paths.storage), verbose=0, callbacks=[view],
+        name=tune_name, storage_path=str(paths.storage), verbose=0, callbacks=[view],
         failure_config=tune.FailureConfig(max_failures=1),
     )
     # Largest trials first: the study ends sooner when no big trial starts last, alone.
-    grid = {"trial_id": tune.grid_search(sorted(rows, key=lambda tid: -rows[tid].flops))}
-    if tune.Tuner.can_restore(str(paths.tune_dir)):
-        tuner = tune.Tuner.restore(str(paths.tune_dir), trainable, resume_errored=True, param_space=grid)
+    grid = {"trial_id": tune.grid_search(sorted(flops, key=lambda tid: -flops[tid]))}
+    tune_dir = paths.storage / tune_name
+    if tune.Tuner.can_restore(str(tune_dir)):
+        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True, param_space=grid)
         # The restored Tuner unpickles the old run's callbacks; show this run's view instead.
         tuner._local_tuner.get_run_config().callbacks = [view]
     else:
@@ -164,8 +195,4 @@ def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: fl
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials),
             run_config=run_config,
         )
-    results = tuner.fit()
-    errors = [r for r in results if r.error]
-    status = "FINISHED" if not errors else "FAILED"
-    runs.client.set_terminated(runs.parent_id, status)
-    return results
+    return list(tuner.fit())

@@ -9,6 +9,7 @@ the data seen (examples or tokens).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,21 +28,34 @@ AXES = ("family", "size", "objective", "technique", "mixture", "seed", "data_siz
 
 T = TypeVar("T")
 
+# Errors a retry cannot fix: the store understood the request and refused it.
+PERMANENT = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+                       "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED",
+                       "INVALID_STATE", "ENDPOINT_NOT_FOUND"})
+PATIENT = 16  # attempts for what a trial cannot do without: ~5 min of backoff (0.5 s doubling, 30 s cap)
+
 
 def default_uri(study_dir: Path) -> str:
     return f"sqlite:///{(study_dir / 'mlflow.db').resolve()}"
 
 
-def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float = 0.5) -> T:
-    """Call `fn`, retrying transient failures with exponential backoff."""
+def transient(e: Exception) -> bool:
+    """Worth retrying: unreachable server, HTTP 5xx/429, a locked sqlite file (MLflow's
+    TEMPORARILY_UNAVAILABLE); not a request the store refused."""
+    return getattr(e, "error_code", None) not in PERMANENT
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float = 0.5,
+                 max_delay: float = 30.0) -> T:
+    """Call `fn`, retrying transient failures with exponential backoff (capped at `max_delay`)."""
     for i in range(attempts):
         try:
             return fn()
         except Exception as e:  # MLflow raises MlflowException, requests errors, sqlite locks
-            if i == attempts - 1:
+            if i == attempts - 1 or not transient(e):
                 raise
-            delay = base_delay * 2**i
-            log.warning("mlflow %s failed (%s); retrying in %.1fs", what, e, delay)
+            delay = min(max_delay, base_delay * 2**i)
+            log.warning("mlflow %s failed (%s); retrying in %.1fs", what, str(e)[:300], delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -55,7 +69,7 @@ def trial_params(trial, counts: dict[str, int], flops: float) -> dict[str, str]:
         "flops": f"{flops:.6e}", "objective": trial.objective, "technique": trial.technique,
         "mixture": trial.mixture_name, "seed": trial.seed, "zero_stage": spec.train.zero_stage,
         "workers": spec.resources.workers, "precision": spec.train.precision,
-        "batch_size": spec.data.batch_size, "lr": spec.train.optimizer.lr, **counts,
+        "batch_size": spec.data.batch_size, "lr": trial.lr, **counts,
     }
     if trial.size.two_axis:
         params["size_enc"] = trial.size.enc.label
@@ -109,53 +123,66 @@ class StudyRuns:
 class TrialLogger:
     """Rank 0's handle on its child run: metrics stepped by data seen, artifacts, status.
 
-    Metrics that fail to reach the server stay buffered and go out with the next
-    flush, so a tracking outage costs no data and does not kill the trial.
+    Metrics that fail to reach the store stay buffered and go out with the next
+    flush, so a tracking outage costs no data and does not stall or kill the trial;
+    only the calls the trial cannot do without (its start and its finish) wait for
+    the store, with backoff, for about five minutes.
     """
 
     def __init__(self, uri: str, run_id: str):
+        if uri.startswith(("http://", "https://")):
+            # Backoff is ours (with_retries): the MLflow client's own 7 retries per request
+            # (~4 min) would stall training through an outage instead of buffering.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id = run_id
         self.pending: list[Metric] = []
 
+    def _call(self, fn: Callable[[], T], what: str) -> T:
+        return with_retries(fn, what, attempts=PATIENT)
+
     def logged_steps(self, key: str) -> set[int]:
         """Steps at which `key` already has a value (a resumed trial does not log them twice)."""
-        history = with_retries(lambda: self.client.get_metric_history(self.run_id, key), "metric history")
-        return {m.step for m in history}
+        return {m.step for m in self._call(lambda: self.client.get_metric_history(self.run_id, key),
+                                           "metric history")}
 
     def finished(self) -> bool:
-        run = with_retries(lambda: self.client.get_run(self.run_id), "get run")
-        return run.info.status == "FINISHED"
+        return self._call(lambda: self.client.get_run(self.run_id), "get run").info.status == "FINISHED"
 
     def start(self) -> None:
-        with_retries(lambda: self.client.update_run(self.run_id, status="RUNNING"), "start run")
+        self._call(lambda: self.client.update_run(self.run_id, status="RUNNING"), "start run")
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
+    def log_metrics(self, metrics: dict[str, float], step: int) -> bool:
+        """Log (or buffer) one step's metrics; False while the store is unreachable."""
+        now = int(time.time() * 1000)  # fixed per point: a retried batch is deduplicated by the store
         self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.flush()
+        return self.flush()
 
-    def flush(self, attempts: int = 3) -> bool:
+    def flush(self, attempts: int = 2) -> bool:
+        """Send the buffer; on a transient failure keep the rest buffered and return False."""
         while self.pending:
             chunk = self.pending[:1000]  # MLflow's log_batch limit
             try:
                 with_retries(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c), "log metrics",
                              attempts=attempts)
             except Exception as e:
-                log.warning("tracking unreachable, %d metric values buffered: %s", len(self.pending), e)
+                if not transient(e):
+                    raise
+                log.warning("tracking unreachable, %d metric values buffered: %s", len(self.pending), str(e)[:300])
                 return False
             del self.pending[:len(chunk)]
         return True
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        with_retries(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()]),
-                     "set tags")
+        self._call(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()]),
+                   "set tags")
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
-        with_retries(lambda: self.client.log_artifact(self.run_id, str(path), subdir), "log artifact")
+        self._call(lambda: self.client.log_artifact(self.run_id, str(path), subdir), "log artifact")
 
     def finish(self, ok: bool = True) -> None:
-        if not self.flush(attempts=8):
+        if not self.flush(attempts=PATIENT):
             raise RuntimeError(f"{len(self.pending)} metric values could not be logged to MLflow")
         status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
-        with_retries(lambda: self.client.set_terminated(self.run_id, status), "finish run")
+        self._call(lambda: self.client.set_terminated(self.run_id, status), "finish run")

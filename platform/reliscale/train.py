@@ -79,12 +79,16 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(trial.seed)  # identical initial weights on every rank
     task = build_task(trial, world, config.get("cache_dir"))
     model = build_model(trial)
+    if config.get("init_from"):  # a fine-tune starts from a trained (or patched) model's full weights
+        from reliscale.patching import checkpoint_weights
+
+        model.load_state_dict(checkpoint_weights(config["init_from"]))
     if spec.train.activation_checkpointing:
         for module in model.modules():
             if hasattr(module, "gradient_checkpointing_enable"):
                 module.gradient_checkpointing_enable()
     t0 = time.perf_counter()
-    engine = build_engine(model, spec, trial.steps)
+    engine = build_engine(model, spec, trial.steps, trial.lr)
     timings["time/deepspeed_init_s"] = time.perf_counter() - t0
     objective = build_objective(trial.objective, task.num_groups, spec.objective_options.step_size)
     evaluator = build_evaluator(task, trial)

@@ -7,6 +7,8 @@ inside `worker_loop`, so the trial actor starts in a second, not in ten.
 
 from __future__ import annotations
 
+import os
+
 from reliscale.spec import TrialConfig
 
 
@@ -18,8 +20,10 @@ def worker_loop(config: dict) -> None:
 
 
 def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, str], tracking_uri: str,
-              storage: str, finished: frozenset[str] = frozenset()) -> None:
+              storage: str, finished: frozenset[str] = frozenset(), init_from: dict[str, str] | None = None) -> None:
     """Fit the TorchTrainer of trial `config["trial_id"]`; it restores from its own checkpoints.
+
+    `init_from` maps a fine-tune trial to the weights it starts from (a checkpoint or state dict).
 
     `finished` holds the trials whose MLflow run had finished when the driver started: Tune
     saves its own state only every few seconds, so a driver killed just after a trial ended
@@ -36,9 +40,14 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
     resources = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker:
         resources["GPU"] = r.gpus_per_worker
+    # Ray Train starts a preemption-watcher actor per trial: one more Python process importing
+    # Ray on the trial's critical path, to observe node drains (spot reclaims) that a restart
+    # from checkpoint handles anyway. RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 turns it back on.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"trial": trial, "run_id": run_ids[trial.trial_id], "tracking_uri": tracking_uri},
+        train_loop_config={"trial": trial, "run_id": run_ids[trial.trial_id], "tracking_uri": tracking_uri,
+                           "init_from": (init_from or {}).get(trial.trial_id)},
         scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

@@ -35,7 +35,11 @@ def build_task(trial, world: int = 1, cache_dir: str | Path | None = None):
         from reliscale.tasks.icl import ICLTask
 
         return ICLTask(dict(trial.mixture), data.dim, data.points, data.noise_std, trial.seed,
-                       trial.spec.eval.examples, cache)
+                       trial.spec.eval.examples, cache, sparse_k=data.sparsity)
+    if data.task == "lm":
+        from reliscale.tasks.lm import LMTask
+
+        return LMTask(data.vocab_size, data.seq_len, trial.seed, trial.spec.eval.examples, cache, data.path)
     if data.task == "mnist1d":
         from reliscale.tasks.images import ImageTask
 
@@ -50,6 +54,10 @@ def build_evaluator(task, trial):
         from reliscale.evaluate import ICLEvaluator
 
         return ICLEvaluator(task, spec.splits(), spec.eval.metrics)
+    if spec.data.task == "lm":
+        from reliscale.evaluate import LMEvaluator
+
+        return LMEvaluator(task, spec.splits(), spec.eval.metrics)
     from reliscale.evaluate import ClassificationEvaluator
 
     return ClassificationEvaluator(task, spec.splits(), spec.eval.metrics)

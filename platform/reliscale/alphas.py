@@ -1,0 +1,35 @@
+"""The α grid of a PAINT sweep, written `start:stop:step` or as a list (light: the spec imports it)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+_RANGE = re.compile(r"^\s*([^:]+):([^:]+):([^:]+)$")
+
+
+def check_alphas(values: list[float] | tuple[float, ...]) -> tuple[float, ...]:
+    """Sorted distinct α, each in [0, 1]."""
+    bad = [v for v in values if not (isinstance(v, int | float) and 0.0 <= v <= 1.0)]
+    if bad or not values:
+        shown = bad[0] if bad else list(values)
+        raise ValueError(f"{shown!r} is not allowed; allowed: numbers in [0, 1], at least one")
+    return tuple(sorted({float(v) for v in values}))
+
+
+def parse_alphas(text: str) -> tuple[float, ...]:
+    """'0:1:0.1' (start:stop:step, stop included) or '0,0.5,1' -> sorted distinct α in [0, 1]."""
+    m = _RANGE.match(text)
+    try:
+        if m:
+            start, stop, step = (float(v) for v in m.groups())
+            if not (step > 0 and stop >= start and math.isfinite(stop - start)):
+                raise ValueError
+            n = math.floor((stop - start) / step + 1e-9) + 1
+            return check_alphas([round(start + i * step, 9) for i in range(n)])
+        return check_alphas([float(v) for v in text.split(",") if v.strip()])
+    except ValueError as e:
+        if "allowed" in str(e):
+            raise
+        raise ValueError(f"{text!r} is not an α grid; allowed: start:stop:step (step > 0, stop included) "
+                         "or a comma-separated list of numbers in [0, 1]") from None
