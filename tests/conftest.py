@@ -39,3 +39,21 @@ def tiny_icl_spec(name: str = "tiny", **over) -> dict:
     }
     doc.update(over)
     return doc
+
+
+def run_trials(spec, root: Path):
+    """Run a study on a fresh local Ray (2 CPUs); return its MLflow client and its trial runs."""
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from reliscale.study import StudyPaths, run_study
+
+    ray.init(num_cpus=2)
+    try:
+        results = run_study(spec, root, progress_interval_s=60)
+    finally:
+        ray.shutdown()
+    assert not [r for r in results if r.error]
+    client = MlflowClient(StudyPaths(spec, root).tracking_uri)
+    exp = client.get_experiment_by_name(spec.name)
+    return client, client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")

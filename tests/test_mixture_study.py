@@ -4,11 +4,10 @@ an unseen class, beside its best baseline."""
 from __future__ import annotations
 
 import pytest
-import ray
-from mlflow.tracking import MlflowClient
 
 from reliscale.spec import load_spec
-from reliscale.study import StudyPaths, run_study
+
+from conftest import run_trials
 
 pytestmark = pytest.mark.slow
 
@@ -19,15 +18,7 @@ SPLITS = ("id", "ood_class", "dense_linear", "sparse_linear", "convex-dense_line
 def runs(repo, tmp_path_factory):
     spec = load_spec(repo / "jobs" / "icl_mixtures_smoke.yaml")
     root = tmp_path_factory.mktemp("studies")
-    ray.init(num_cpus=2)
-    try:
-        results = run_study(spec, root, progress_interval_s=60)
-    finally:
-        ray.shutdown()
-    assert not [r for r in results if r.error]
-    client = MlflowClient(StudyPaths(spec, root).tracking_uri)
-    exp = client.get_experiment_by_name(spec.name)
-    found = client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")
+    _, found = run_trials(spec, root)
     return {r.data.params["mixture"]: r.data.metrics for r in found}
 
 

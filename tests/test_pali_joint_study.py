@@ -7,12 +7,13 @@ import io
 import json
 
 import pytest
-import ray
 
 from reliscale.spec import load_spec
-from reliscale.study import StudyPaths, run_study
+from reliscale.study import StudyPaths
 from scalinglaws import final_points, load_study
 from scalinglaws.cli import main as fit_main
+
+from conftest import run_trials
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +22,7 @@ pytestmark = pytest.mark.slow
 def study(repo, tmp_path_factory):
     spec = load_spec(repo / "jobs" / "pali_joint_smoke.yaml")
     root = tmp_path_factory.mktemp("studies")
-    ray.init(num_cpus=2)
-    try:
-        results = run_study(spec, root, progress_interval_s=60)
-    finally:
-        ray.shutdown()
-    assert not [r for r in results if r.error]
+    run_trials(spec, root)
     return spec, StudyPaths(spec, root).tracking_uri, root
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import ray
-from mlflow.tracking import MlflowClient
 
 from reliscale.spec import load_spec
-from reliscale.study import StudyPaths, run_study
 from reliscale.tasks.registry import CLASSIFICATION_METRICS
+
+from conftest import run_trials
 
 pytestmark = pytest.mark.slow
 
@@ -19,16 +18,7 @@ SHIFTED = ("noise", "scale", "shift", "blur")
 def study(repo, tmp_path_factory):
     root = tmp_path_factory.mktemp("studies")
     spec = load_spec(repo / "jobs" / "vit_plex_smoke.yaml", ["eval.examples=768"])
-    ray.init(num_cpus=2)
-    try:
-        results = run_study(spec, root, progress_interval_s=60)
-    finally:
-        ray.shutdown()
-    assert not [r for r in results if r.error]
-    paths = StudyPaths(spec, root)
-    client = MlflowClient(paths.tracking_uri)
-    exp = client.get_experiment_by_name(spec.name)
-    runs = client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")
+    client, runs = run_trials(spec, root)
     return client, {r.data.params["technique"]: r for r in runs}
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import ray
-from mlflow.tracking import MlflowClient
 
 from reliscale.spec import load_spec
-from reliscale.study import StudyPaths, run_study
+
+from conftest import run_trials
 
 pytestmark = pytest.mark.slow
 
@@ -18,15 +17,7 @@ GROUPS = ("dense_linear", "sparse_linear", "sinusoid")
 def runs(repo, tmp_path_factory):
     spec = load_spec(repo / "jobs" / "task_robust_smoke.yaml")
     root = tmp_path_factory.mktemp("studies")
-    ray.init(num_cpus=2)
-    try:
-        results = run_study(spec, root, progress_interval_s=60)
-    finally:
-        ray.shutdown()
-    assert not [r for r in results if r.error]
-    client = MlflowClient(StudyPaths(spec, root).tracking_uri)
-    exp = client.get_experiment_by_name(spec.name)
-    found = client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")
+    _, found = run_trials(spec, root)
     return {r.data.params["objective"]: r.data.metrics for r in found}
 
 
