@@ -21,7 +21,7 @@ demo: .venv
 	@echo "Scaling-law report:  $(VENV)/bin/reliscale fit --experiment icl_smoke --tracking-uri sqlite:///$(abspath studies/icl_smoke/mlflow.db) --metric eval/id/mse --form chinchilla --report studies/icl_smoke/report"
 
 test: .venv postgres
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=30
 
 test-fast: .venv
 	$(VENV)/bin/pytest -q -m "not slow"

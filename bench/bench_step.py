@@ -6,12 +6,14 @@ shared machine). Peak RSS growth per worker (after imports, before the model is 
 is set beside the plan's estimate (`plan.memory_terms`; bench_memory.py breaks it down).
 
     .venv/bin/python bench/bench_step.py [--steps 30] [--sizes S2,S4,S5] [--out bench/step.md]
+        [--modes ddp,zero0,zero2,zero3] [--zero-extra '{"overlap_comm": true}']  # ZeRO tuning trials
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import resource
@@ -36,7 +38,7 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(rank: int, port: int, size: str, mode: str, steps: int, out) -> None:
+def worker(rank: int, port: int, size: str, mode: str, steps: int, zero_extra: dict, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -59,7 +61,7 @@ def worker(rank: int, port: int, size: str, mode: str, steps: int, out) -> None:
         stage = int(mode[-1])
         net, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config={
             "train_batch_size": 2 * BATCH, "train_micro_batch_size_per_gpu": BATCH,
-            "zero_optimization": {"stage": stage}, "steps_per_print": 10**9})
+            "zero_optimization": {"stage": stage, **zero_extra}, "steps_per_print": 10**9})
     times = []
     for step in range(steps):
         batch = sample_prompts(np.random.default_rng([rank, step]), BATCH, {"dense_linear": 1}, DIM, POINTS)
@@ -82,11 +84,11 @@ def worker(rank: int, port: int, size: str, mode: str, steps: int, out) -> None:
     dist.destroy_process_group()
 
 
-def run(size: str, mode: str, steps: int) -> dict:
+def run(size: str, mode: str, steps: int, zero_extra: dict) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=worker, args=(r, port, size, mode, steps, q)) for r in range(2)]
+    procs = [ctx.Process(target=worker, args=(r, port, size, mode, steps, zero_extra, q)) for r in range(2)]
     for p in procs:
         p.start()
     while q.empty():
@@ -113,11 +115,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--sizes", default="S2,S4,S5")
+    ap.add_argument("--modes", default="ddp,zero0,zero2,zero3")
+    ap.add_argument("--zero-extra", default="{}", help="JSON merged into zero_optimization (tuning trials)")
     ap.add_argument("--out", default="bench/step.md")
     args = ap.parse_args()
+    zero_extra = json.loads(args.zero_extra)
     rows = []
     for size in args.sizes.split(","):
-        results = {m: run(size, m, args.steps) for m in ("ddp", "zero0", "zero2", "zero3")}
+        results = {m: run(size, m, args.steps, zero_extra) for m in args.modes.split(",")}
         base = results["ddp"]["step_ms"]
         for mode, r in results.items():
             est = "" if mode == "ddp" else f"{estimate_mb(size, int(mode[-1])):.0f}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,15 @@ def run_trials(spec, root: Path):
     client = MlflowClient(StudyPaths(spec, root).tracking_uri)
     exp = client.get_experiment_by_name(spec.name)
     return client, client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_rank0_script(script: str, folder: Path) -> subprocess.CompletedProcess:
+    """Run `script` as a one-process distributed job (argv: folder, a free MASTER_PORT) from the repo."""
+    return subprocess.run([sys.executable, "-c", script, str(folder), str(free_port())], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)

@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,14 +19,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from conftest import free_port
+
 BIN = Path(sys.executable).parent
 PG_ROOT = Path("/usr/lib/postgresql")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pg_bin() -> Path:

@@ -6,11 +6,11 @@ corrupted, and `train._restore` is handed it as Ray Train would (a real `ray.tra
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from conftest import run_rank0_script
 
 pytestmark = pytest.mark.slow
 
@@ -61,14 +61,8 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_corrupted_newest_checkpoint_falls_back_to_the_previous_one(repo, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), str(port)], cwd=repo,
-                         capture_output=True, text=True, timeout=300)
+def test_corrupted_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    out = run_rank0_script(SCRIPT, tmp_path)
     assert "RESUMED_AT=1 WEIGHTS_OF_STEP_1=True" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
     assert "checkpoint step_000000002 is unreadable" in out.stderr
     assert "resumed from step_000000001 instead of the newest checkpoint step_000000002" in out.stderr

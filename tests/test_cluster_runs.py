@@ -1,12 +1,12 @@
-"""The driver as a user runs it: `ray job submit` to a running cluster, and `resume` after the
-driver is killed mid-study. Real `ray start`, real subprocesses, real MLflow sqlite."""
+"""The driver as a user runs it: `ray job submit` to a running cluster, the job stopped mid-study
+(its driver killed) and `reliscale resume` submitted as the next job. Real `ray start`, real
+subprocesses, real MLflow sqlite."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,15 +16,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import free_port
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def trial_runs(db: Path, study: str) -> list:
@@ -50,32 +46,24 @@ def ray_head():
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_job_submit_runs_a_study_to_success(repo, tmp_path, ray_head):
+def test_a_submitted_study_stopped_mid_way_resumes_as_a_new_job_without_rerunning_finished_trials(
+        repo, tmp_path, ray_head):
     address, env = ray_head
     root = tmp_path / "studies"
-    out = subprocess.run(
-        [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(repo),
-         "--runtime-env", str(repo / "jobs" / "runtime_env.yaml"), "--",
-         "reliscale", "run", "jobs/icl_tiny.yaml", "--root", str(root), "--progress-every", "60"],
-        env=env, capture_output=True, text=True, timeout=900, cwd=repo)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "succeeded" in out.stdout.lower()
-    runs = trial_runs(root / "icl_tiny" / "mlflow.db", "icl_tiny")
-    assert sorted(r.data.tags["reliscale.trial_id"] for r in runs) == [
-        "decoder-S0_D2.56e2_erm_none_s0", "decoder-S0_D5.12e2_erm_none_s0"]
-    assert all(r.info.status == "FINISHED" for r in runs)
-
-
-def test_resume_after_the_driver_is_killed_does_not_rerun_finished_trials(repo, tmp_path):
-    root = tmp_path / "studies"
-    env = {**os.environ}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [BIN / "reliscale", "run", "jobs/icl_tiny.yaml", "--root", str(root),
-           "--set", "data.sizes=[256, 512, 1024]", "--set", "resources.max_concurrent_trials=1",
-           "--progress-every", "60"]
-    driver = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
     db = root / "icl_tiny" / "mlflow.db"
+
+    def submit(*entrypoint: str, wait: bool) -> subprocess.CompletedProcess:
+        # `ray job submit` quotes each argument of the entrypoint for the shell it runs it in.
+        cmd = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(repo),
+               "--runtime-env", str(repo / "jobs" / "runtime_env.yaml"), *([] if wait else ["--no-wait"]),
+               "--", *entrypoint]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=repo)
+
+    first = submit("reliscale", "run", "jobs/icl_tiny.yaml", "--root", str(root), "--set",
+                   "data.sizes=[256, 512, 1024]", "--set", "resources.max_concurrent_trials=1",
+                   "--progress-every", "60", wait=False)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    job_id = re.search(r"(raysubmit_\w+)", first.stdout).group(1)
     deadline = time.monotonic() + 600
     finished = []
     while time.monotonic() < deadline and not finished:
@@ -87,20 +75,21 @@ def test_resume_after_the_driver_is_killed_does_not_rerun_finished_trials(repo, 
         except Exception:
             continue
     assert finished, "no trial finished in time"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
-    driver.wait()
-    subprocess.run([BIN / "ray", "stop", "--force"], capture_output=True)
+    stopped = subprocess.run([BIN / "ray", "job", "stop", "--address", address, job_id], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     done_before = {r.data.tags["reliscale.trial_id"]: r for r in finished}
+    assert len(done_before) < 3, "the study ended before it could be stopped"
     client = MlflowClient(f"sqlite:///{db}")
     history_before = {tid: len(client.get_metric_history(r.info.run_id, "eval/id/mse"))
                       for tid, r in done_before.items()}
 
-    out = subprocess.run([BIN / "reliscale", "resume", "icl_tiny", "--root", str(root), "--progress-every", "60"],
-                         cwd=repo, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    second = submit("reliscale", "resume", "icl_tiny", "--root", str(root), "--progress-every", "60", wait=True)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "succeeded" in second.stdout.lower()
     runs = trial_runs(db, "icl_tiny")
-    ids = [r.data.tags["reliscale.trial_id"] for r in runs]
-    assert len(ids) == len(set(ids)) == 3  # no duplicate child runs
+    ids = sorted(r.data.tags["reliscale.trial_id"] for r in runs)
+    assert ids == [f"decoder-S0_D{d}_erm_none_s0" for d in ("1.024e3", "2.56e2", "5.12e2")]  # no duplicates
     for r in runs:
         assert r.info.status == "FINISHED"
         tid = r.data.tags["reliscale.trial_id"]

@@ -4,7 +4,6 @@ so the process group does not leak into other tests."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,6 +12,8 @@ import torch
 from torch import nn
 
 from reliscale.heads import GPHead, build_head
+
+from conftest import free_port
 
 # name -> (technique, options)
 HEADS = {
@@ -88,12 +89,6 @@ def main() -> None:
     deepspeed.init_distributed(dist_backend="gloo")
     results = {f"{n}/zero{s}": train_one(deepspeed, n, s) for s in STAGES for n in HEADS}
     print("RESULTS " + json.dumps(results))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

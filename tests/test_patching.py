@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -22,17 +24,17 @@ from reliscale.patching import (
 from reliscale.spec import SpecError, expand, validate
 from reliscale.tasks.icl import icl_metrics
 
-from conftest import tiny_icl_spec
+from conftest import run_rank0_script, tiny_icl_spec
 
 
 def patch_doc(**patch) -> dict:
     return tiny_icl_spec("patched", patch={"tasks": [{"sinusoid": 1}], "finetune_size": 64, **patch})
 
 
-def test_alpha_grid_includes_the_stop_and_rejects_values_outside_0_1():
+def test_alpha_grid_includes_the_stop_and_rejects_values_outside_0_1_or_on_one_step():
     assert parse_alphas("0:1:0.1") == tuple(round(0.1 * i, 9) for i in range(11))
     assert parse_alphas("1, 0,0.5,0.5") == (0.0, 0.5, 1.0)
-    for bad in ("0:1:0", "0:2:0.5", "-0.1,1", "a:b:c", ""):
+    for bad in ("0:1:0", "0:2:0.5", "-0.1,1", "a:b:c", "", "0,0.0004,1"):
         with pytest.raises(ValueError, match="allowed"):
             parse_alphas(bad)
 
@@ -178,3 +180,64 @@ def test_curve_is_logged_by_alpha_with_the_chosen_alpha_plot_and_mixture_task_na
     assert got.data.metrics["patch/chosen/dense_linear/mse"] == 0.1
     assert {a.path for a in client.list_artifacts(run.info.run_id, "patch")} == {"patch/tradeoff.png", "patch/curve.csv"}
     assert patch_run(runs, "t0_patch", {}).info.run_id == run.info.run_id  # found again on resume
+
+
+def test_logging_a_curve_again_after_a_stop_logs_no_metric_twice(tmp_path):
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from reliscale import tracking
+    from reliscale.patch_stage import log_curve, patch_run
+    from reliscale.patching import Curve
+
+    alphas = tuple(round(0.001 * i, 3) for i in range(1001))  # 1001 α: one key's history spans two batches
+    tasks = ["dense_linear", "sinusoid"]
+    curve = Curve(alphas, tasks, "mse", chosen=0.5)
+    curve.report = {t: {k: [float(i) for i in range(1001)] for k in REPORTED} for t in tasks}
+    curve.heldout = {t: [abs(i - 500.0) for i in range(1001)] for t in tasks}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = tracking.StudyRuns(uri, "again", tmp_path / "artifacts")
+    run = patch_run(runs, "t0_patch", {})
+    client = MlflowClient(uri)
+    # A driver stopped after logging part of the curve: one key complete, the run not finished.
+    client.log_batch(run.info.run_id, metrics=[Metric("patch/dense_linear/mse", float(i), 0, i) for i in range(1001)])
+    log_curve(runs.client, run.info.run_id, curve, "dense_linear")
+    log_curve(runs.client, run.info.run_id, curve, "dense_linear")  # and once more, after finishing
+
+    for key in ("patch/dense_linear/mse", "patch_heldout/dense_linear/mse", "patch/average/mse"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert sorted(steps) == list(range(1001)), key
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "patch/alpha")] == [0.5]
+
+
+CHECKPOINT_SCRIPT = textwrap.dedent('''
+    import os, sys
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    from pathlib import Path
+    import torch
+    sys.path.insert(0, "tests")
+    from conftest import run_rank0_script, tiny_icl_spec
+    from reliscale.engine import build_engine, init_deepspeed_comm
+    from reliscale.models import build_model
+    from reliscale.patching import checkpoint_weights
+    from reliscale.spec import expand, validate
+
+    init_deepspeed_comm()
+    for stage in (0, 1, 2):
+        trial = expand(validate(tiny_icl_spec(resources={"workers": 1}, train={"zero_stage": stage})))[0]
+        torch.manual_seed(stage)
+        e = build_engine(build_model(trial), trial.spec, trial.steps, trial.lr)
+        folder = Path(sys.argv[1]) / f"zero{stage}" / "step_000000001"
+        e.save_checkpoint(str(folder), tag="ds", client_state={"step": 1})
+        want = {k: v.detach().float() for k, v in e.module.state_dict().items()}
+        got = checkpoint_weights(folder.parent)  # the trial folder: its newest checkpoint
+        same = got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+        print(f"ZERO{stage}_SAME={same}", flush=True)
+''')
+
+
+@pytest.mark.slow
+def test_checkpoints_of_every_zero_stage_below_3_read_back_as_the_engines_weights(tmp_path):
+    out = run_rank0_script(CHECKPOINT_SCRIPT, tmp_path)
+    for stage in (0, 1, 2):
+        assert f"ZERO{stage}_SAME=True" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]

@@ -92,3 +92,9 @@ def test_metric_correlation_matches_scipy_and_brackets_the_estimate():
     for name in ("pearson", "spearman"):
         assert (corr[f"{name}_lo"] <= corr[name]).all() and (corr[name] <= corr[f"{name}_hi"]).all()
     assert corr.loc["acc", "pearson_hi"] < -0.8  # clearly negative: lower loss, higher accuracy
+
+
+def test_compute_optimal_refuses_a_law_whose_exponent_is_not_positive():
+    law = ChinchillaLaw.from_params(E=1.0, A=400.0, B=400.0, alpha=0.3, beta=-0.1)
+    with pytest.raises(ValueError, match=r"no compute-optimal frontier.*beta=-0\.1"):
+        compute_optimal(law, np.array([1e20]))

@@ -12,11 +12,21 @@ import math
 
 import pytest
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 
-from reliscale.spec import validate
+from reliscale.models import build_model
+from reliscale.patching import (
+    REPORTED,
+    checkpoint_weights,
+    eval_tasks,
+    final_checkpoint,
+    predict_like_trial,
+)
+from reliscale.spec import expand, validate
 from reliscale.status import format_status, study_status
 from reliscale.study import StudyPaths, run_study
+from reliscale.tasks.icl import icl_metrics
 from scalinglaws.cli import main as fit_main
 
 from conftest import tiny_icl_spec
@@ -79,7 +89,7 @@ def test_grid_of_2x2_trials_logs_one_child_run_each_with_full_histories(ray_sess
     assert fitted["n_points"] == 4 and set(fitted["params"]) == {"E", "A", "alpha"}
 
 
-def test_zero3_trial_trains_and_checkpoints_every_rank(ray_session, tmp_path):
+def test_zero3_trial_trains_checkpoints_every_rank_and_consolidates_to_the_logged_model(ray_session, tmp_path):
     spec = validate(tiny_icl_spec("zero3", train={"zero_stage": 3}))
     results = run_study(spec, tmp_path, progress_interval_s=60)
     assert not [r for r in results if r.error]
@@ -87,10 +97,26 @@ def test_zero3_trial_trains_and_checkpoints_every_rank(ray_session, tmp_path):
     (run,) = runs.values()
     loss = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert loss[-1] < loss[0]
-    ckpt = sorted((StudyPaths(spec, tmp_path).storage / "trials").glob("*/step_*"))[-1]
+    (trial,) = expand(spec)
+    ckpt = final_checkpoint(StudyPaths(spec, tmp_path).trials_dir / trial.trial_id)
     shards = sorted(p.name for p in (ckpt / "ds").iterdir())
     assert "zero_pp_rank_0_mp_rank_00_model_states.pt" in shards
     assert "zero_pp_rank_1_mp_rank_00_model_states.pt" in shards
+    shard = torch.load(ckpt / "ds" / "zero_pp_rank_0_mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert any(v.numel() == 0 for v in shard.values())  # ZeRO-3 shards hold no full parameters
+
+    # Consolidated (what PAINT interpolates): full shapes, and the model scores what the trial logged.
+    weights = checkpoint_weights(ckpt)
+    model = build_model(trial)
+    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in model.state_dict().items()}
+    model.load_state_dict(weights)
+    model.eval()
+    torch.set_num_threads(1)  # as in the trial's workers: same reduction order, same bits
+    (task,) = eval_tasks(trial, [dict(trial.mixture)])
+    got, _ = icl_metrics(predict_like_trial(model, task.report, spec.resources.workers), task.report)
+    final = {m: max(client.get_metric_history(run.info.run_id, f"eval/id/{m}"), key=lambda x: x.step).value
+             for m in REPORTED}
+    assert {m: got[m] for m in REPORTED} == final
 
 
 def final_metrics(client, run) -> dict[str, float]:

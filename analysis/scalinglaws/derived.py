@@ -20,6 +20,9 @@ def compute_optimal(law: ChinchillaLaw, flops: float | np.ndarray) -> pd.DataFra
         raise TypeError(f"compute_optimal needs a ChinchillaLaw, got {type(law).__name__}")
     p = law.params
     a, b = p["alpha"], p["beta"]
+    if not (a > 0 and b > 0 and p["A"] > 0 and p["B"] > 0):
+        raise ValueError(f"no compute-optimal frontier: it needs A, B, alpha, beta > 0; the fit has "
+                         f"A={p['A']:.3g}, B={p['B']:.3g}, alpha={a:.3g}, beta={b:.3g}")
     c6 = np.atleast_1d(np.asarray(flops, dtype=float)) / 6.0
     g = (a * p["A"] / (b * p["B"])) ** (1.0 / (a + b))
     n_opt = g * c6 ** (b / (a + b))

@@ -122,7 +122,10 @@ def _size_section(law: Law, points: pd.DataFrame, out: Path, n_boot: int, holdou
         ho_boot = bootstrap(ho.law, train, n=n_boot, seed=seed) if n_boot else None
         lines += [_holdout_table(ho.table, ho.x),
                   _save(plot_fit(ho.law, points, boot=ho_boot, holdout=ho, level=level), out, f"holdout_{stem}")]
-    if isinstance(law, ChinchillaLaw) and not law.increasing:
+    # Iso-FLOP curves need C = 6·N·D (a law in two model sizes, PaLI-style, has no such budget)
+    # and both exponents positive (else more compute never helps and there is no optimum).
+    if (isinstance(law, ChinchillaLaw) and not law.increasing and not law.x[1].startswith("n_params")
+            and law.params["alpha"] > 0 and law.params["beta"] > 0):
         lines.append(_save(plot_isoflop(law, data=points), out, f"isoflop_{stem}"))
     return summary, lines
 

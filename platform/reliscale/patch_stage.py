@@ -74,25 +74,43 @@ def metric_task(name: str) -> str:
 
 
 def log_curve(client, run_id: str, curve, supported: str) -> None:
-    """Metrics by α (step = round(1000·α)), the chosen α, the trade-off plot and CSV; then finish."""
+    """Metrics by α (step = round(1000·α)), the chosen α, the trade-off plot and CSV; then finish.
+
+    A key's whole history goes in one batch and keys the run already has are skipped, so a
+    driver stopped while logging and started again logs nothing twice.
+    """
     from reliscale.patching import REPORTED, tradeoff_plot, write_csv
 
     now = int(time.time() * 1000)
-    metrics = []
+    history: dict[str, list[tuple[int, float]]] = {}
     for i, a in enumerate(curve.alphas):
         step = round(1000 * a)
         for t in curve.tasks:
             key = metric_task(t)
-            metrics += [Metric(f"patch/{key}/{k}", curve.report[t][k][i], now, step) for k in REPORTED]
-            metrics.append(Metric(f"patch_heldout/{key}/{curve.metric}", curve.heldout[t][i], now, step))
-        metrics.append(Metric(f"patch/average/{curve.metric}", float(curve.report_average()[i]), now, step))
-        metrics.append(Metric(f"patch_heldout/average/{curve.metric}", float(curve.heldout_average()[i]), now, step))
+            for k in REPORTED:
+                history.setdefault(f"patch/{key}/{k}", []).append((step, curve.report[t][k][i]))
+            history.setdefault(f"patch_heldout/{key}/{curve.metric}", []).append((step, curve.heldout[t][i]))
+        history.setdefault(f"patch/average/{curve.metric}", []).append((step, float(curve.report_average()[i])))
+        history.setdefault(f"patch_heldout/average/{curve.metric}", []).append(
+            (step, float(curve.heldout_average()[i])))
     chosen = curve.alphas.index(curve.chosen)
-    metrics.append(Metric("patch/alpha", curve.chosen, now, 0))
-    metrics += [Metric(f"patch/chosen/{metric_task(t)}/{curve.metric}", curve.report[t][curve.metric][chosen], now, 0)
-                for t in curve.tasks]
-    for i in range(0, len(metrics), 1000):  # MLflow's log_batch limit
-        tracking.with_retries(lambda c=metrics[i:i + 1000]: client.log_batch(run_id, metrics=c), "log metrics")
+    history["patch/alpha"] = [(0, curve.chosen)]
+    for t in curve.tasks:
+        history[f"patch/chosen/{metric_task(t)}/{curve.metric}"] = [(0, curve.report[t][curve.metric][chosen])]
+
+    logged = tracking.with_retries(lambda: client.get_run(run_id), "get run").data.metrics
+    batch: list[Metric] = []
+    for key, points in history.items():
+        if key in logged:
+            continue
+        for j in range(0, len(points), 1000):  # MLflow's log_batch limit
+            chunk = points[j:j + 1000]
+            if len(batch) + len(chunk) > 1000:
+                tracking.with_retries(lambda c=batch: client.log_batch(run_id, metrics=c), "log metrics")
+                batch = []
+            batch += [Metric(key, float(v), now, step) for step, v in chunk]
+    if batch:
+        tracking.with_retries(lambda: client.log_batch(run_id, metrics=batch), "log metrics")
     tracking.with_retries(lambda: client.log_batch(run_id, tags=[RunTag("reliscale.patch.alpha", f"{curve.chosen:g}")]),
                           "set tags")
     with tempfile.TemporaryDirectory() as tmp:
