@@ -89,7 +89,7 @@ def test_checkpointed_layers_keep_only_their_input():
 
     def build(depth: int):
         model = embeds_only_llama(Shape(H, depth, HEADS, FFN), seq)
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
         return model.train()
 
     measured = per_layer_saved(build, lambda m: m(inputs_embeds=x.requires_grad_()), "fp32")

@@ -89,8 +89,8 @@ def test_grid_of_2x2_trials_logs_one_child_run_each_with_full_histories(ray_sess
     assert fitted["n_points"] == 4 and set(fitted["params"]) == {"E", "A", "alpha"}
 
 
-def test_zero3_trial_trains_checkpoints_every_rank_and_consolidates_to_the_logged_model(ray_session, tmp_path):
-    spec = validate(tiny_icl_spec("zero3", train={"zero_stage": 3}))
+def test_zero3_trial_with_activation_checkpointing_trains_checkpoints_every_rank_and_consolidates(ray_session, tmp_path):
+    spec = validate(tiny_icl_spec("zero3", train={"zero_stage": 3, "activation_checkpointing": True}))
     results = run_study(spec, tmp_path, progress_interval_s=60)
     assert not [r for r in results if r.error]
     client, runs = child_runs(spec, tmp_path)

@@ -84,9 +84,11 @@ def train_loop(config: dict) -> None:
 
         model.load_state_dict(checkpoint_weights(config["init_from"]))
     if spec.train.activation_checkpointing:
-        for module in model.modules():
-            if hasattr(module, "gradient_checkpointing_enable"):
-                module.gradient_checkpointing_enable()
+        for module in model.modules():  # the transformers stacks; older releases name it gradient_...
+            enable = (getattr(module, "activation_checkpointing_enable", None)
+                      or getattr(module, "gradient_checkpointing_enable", None))
+            if enable is not None:
+                enable()
     t0 = time.perf_counter()
     engine = build_engine(model, spec, trial.steps, trial.lr)
     timings["time/deepspeed_init_s"] = time.perf_counter() - t0
