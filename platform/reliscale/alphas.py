@@ -16,7 +16,7 @@ def check_alphas(values: list[float] | tuple[float, ...]) -> tuple[float, ...]:
         raise ValueError(f"{shown!r} is not allowed; allowed: numbers in [0, 1], at least one")
     grid = tuple(sorted({float(v) for v in values}))
     steps = [round(1000 * a) for a in grid]  # α is logged as MLflow step round(1000·α)
-    clash = next((b for a, b, s, t in zip(grid, grid[1:], steps, steps[1:], strict=False) if s == t), None)
+    clash = next((a for a, s, prev in zip(grid[1:], steps[1:], steps, strict=False) if s == prev), None)
     if clash is not None:
         raise ValueError(f"{clash!r} is not allowed: it is logged at the same step as its neighbour; "
                          "allowed: α values at least 0.001 apart")

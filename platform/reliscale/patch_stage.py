@@ -82,6 +82,7 @@ def log_curve(client, run_id: str, curve, supported: str) -> None:
     from reliscale.patching import REPORTED, tradeoff_plot, write_csv
 
     now = int(time.time() * 1000)
+    report_avg, heldout_avg = curve.report_average(), curve.heldout_average()
     history: dict[str, list[tuple[int, float]]] = {}
     for i, a in enumerate(curve.alphas):
         step = round(1000 * a)
@@ -90,9 +91,8 @@ def log_curve(client, run_id: str, curve, supported: str) -> None:
             for k in REPORTED:
                 history.setdefault(f"patch/{key}/{k}", []).append((step, curve.report[t][k][i]))
             history.setdefault(f"patch_heldout/{key}/{curve.metric}", []).append((step, curve.heldout[t][i]))
-        history.setdefault(f"patch/average/{curve.metric}", []).append((step, float(curve.report_average()[i])))
-        history.setdefault(f"patch_heldout/average/{curve.metric}", []).append(
-            (step, float(curve.heldout_average()[i])))
+        history.setdefault(f"patch/average/{curve.metric}", []).append((step, float(report_avg[i])))
+        history.setdefault(f"patch_heldout/average/{curve.metric}", []).append((step, float(heldout_avg[i])))
     chosen = curve.alphas.index(curve.chosen)
     history["patch/alpha"] = [(0, curve.chosen)]
     for t in curve.tasks:
