@@ -45,7 +45,8 @@ def tiny_icl_spec(name: str = "tiny", **over) -> dict:
 
 
 def run_trials(spec, root: Path):
-    """Run a study on a fresh local Ray (2 CPUs); return its MLflow client and its trial runs."""
+    """Run a study on a fresh local Ray (2 CPUs); return its MLflow client, its trial runs and
+    the Tune results."""
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -59,7 +60,7 @@ def run_trials(spec, root: Path):
     assert not [r for r in results if r.error]
     client = MlflowClient(StudyPaths(spec, root).tracking_uri)
     exp = client.get_experiment_by_name(spec.name)
-    return client, client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")
+    return client, client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'"), results
 
 
 def free_port() -> int:

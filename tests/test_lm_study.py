@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_lm_trial_beats_the_unigram_model_and_stays_above_the_floor(repo, tmp_path):
     spec = load_spec(repo / "jobs" / "lm_smoke.yaml")
-    client, (run,) = run_trials(spec, tmp_path)
+    client, (run,), _ = run_trials(spec, tmp_path)
     m = run.data.metrics
     # Learning the Markov structure (context) is what takes the loss below the unigram model's.
     assert m["eval/id/loss"] < m["eval/id/baseline_unigram"] - 0.3, m

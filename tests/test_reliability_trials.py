@@ -18,7 +18,7 @@ SHIFTED = ("noise", "scale", "shift", "blur")
 def study(repo, tmp_path_factory):
     root = tmp_path_factory.mktemp("studies")
     spec = load_spec(repo / "jobs" / "vit_plex_smoke.yaml", ["eval.examples=768"])
-    client, runs = run_trials(spec, root)
+    client, runs, _ = run_trials(spec, root)
     return client, {r.data.params["technique"]: r for r in runs}
 
 

@@ -17,7 +17,7 @@ GROUPS = ("dense_linear", "sparse_linear", "sinusoid")
 def runs(repo, tmp_path_factory):
     spec = load_spec(repo / "jobs" / "task_robust_smoke.yaml")
     root = tmp_path_factory.mktemp("studies")
-    _, found = run_trials(spec, root)
+    _, found, _ = run_trials(spec, root)
     return {r.data.params["objective"]: r.data.metrics for r in found}
 
 

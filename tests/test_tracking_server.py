@@ -87,8 +87,9 @@ def assert_every_point_once(client: MlflowClient, spec: StudySpec) -> dict:
 
 def test_concurrent_trials_log_every_point_once_to_a_postgres_backed_server(ray_session, mlflow_server,
                                                                              tmp_path):
-    doc = tiny_icl_spec("pg_grid", seeds=2, tracking={"uri": mlflow_server.uri})
-    doc["data"]["sizes"] = [256, 512]  # x 2 seeds: 4 trials, 2 at a time
+    doc = tiny_icl_spec("pg_grid", seeds=2, tracking={"uri": mlflow_server.uri},
+                        resources={"workers": 1, "cpus_per_worker": 0.49, "max_concurrent_trials": 4})
+    doc["data"]["sizes"] = [256, 512]  # x 2 seeds: 4 trials, all at once
     doc["eval"]["metrics"] = ["mse", "ls_ratio"]
     spec = validate(doc)
     results = run_study(spec, tmp_path, progress_interval_s=60)

@@ -32,6 +32,10 @@ from reliscale.tracking import TrialLogger
 
 log = logging.getLogger("reliscale.train")
 CKPT_TAG = "ds"
+# Between eval points a trial reports its progress (data seen, running loss) this many times,
+# at most every MIN_PROGRESS_STEPS steps, so that the live view moves during long stretches.
+PROGRESS_REPORTS = 20
+MIN_PROGRESS_STEPS = 50
 
 
 def _restore(engine, objective) -> int:
@@ -63,6 +67,12 @@ def _mean_over_ranks(total: float, count: int) -> float:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return float(t[0] / max(t[1], 1))
+
+
+def _report_progress(step: int, trial, loss_sum: float, loss_n: int) -> None:
+    """A report with no checkpoint and nothing logged to MLflow: only the live view reads it."""
+    ray.train.report({"step": step, "data_seen": step * trial.data_per_step, "data_size": trial.data_size,
+                      "train/loss": _mean_over_ranks(loss_sum, loss_n)})
 
 
 def train_loop(config: dict) -> None:
@@ -105,6 +115,7 @@ def train_loop(config: dict) -> None:
     evals = [s for s in eval_schedule(trial.steps, spec.eval.points) if s > start]
     micro, accum = spec.micro_batch(), spec.grad_accumulation()
     loss_sum, loss_n = 0.0, 0
+    progress_every = max(MIN_PROGRESS_STEPS, trial.steps // PROGRESS_REPORTS)
     timings["time/setup_s"] = time.perf_counter() - t_start
 
     for step in range(start, trial.steps):
@@ -121,6 +132,10 @@ def train_loop(config: dict) -> None:
         timings["time/train_s"] += time.perf_counter() - t0
         maybe_kill_worker(trial.study, trial.trial_id, rank, step + 1)
         if step + 1 not in evals:
+            if (step + 1) % progress_every == 0:
+                t0 = time.perf_counter()
+                _report_progress(step + 1, trial, loss_sum, loss_n)
+                timings["time/progress_report_s"] += time.perf_counter() - t0
             continue
 
         t0 = time.perf_counter()
