@@ -132,7 +132,9 @@ def main() -> None:
     header = (f"# Step time and memory: DeepSpeed ZeRO vs plain PyTorch DDP\n\n"
               f"- date: {datetime.date.today()}\n- machine: {os.cpu_count()} cores, {platform.machine()}, "
               f"torch {torch.__version__}, 2 workers x 1 thread, gloo, fp32, AdamW\n"
-              f"- command: `.venv/bin/python bench/bench_step.py --steps {args.steps} --sizes {args.sizes}`\n"
+              f"- command: `.venv/bin/python bench/bench_step.py --steps {args.steps} --sizes {args.sizes} "
+              f"--modes {args.modes}" + (f" --zero-extra '{args.zero_extra}'" if args.zero_extra != "{}" else "")
+              + "`\n"
               f"- model: ICL decoder, d={DIM}, {POINTS} pairs (32 tokens), micro-batch {BATCH} per worker\n"
               f"- step: forward + backward + optimizer step, median of steps 6..{args.steps}\n"
               f"- RSS growth: peak RSS of rank 0 minus its RSS after imports and process-group setup;\n"
