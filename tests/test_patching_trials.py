@@ -103,8 +103,10 @@ def test_smoke_job_endpoints_match_the_trials_exactly_and_an_interior_alpha_beat
 
 
 def tiny_patch_spec(name: str, mode: str):
+    """One worker per trial: the smoke job above is where 2-rank ZeRO-2 checkpoints are read back."""
     doc = tiny_icl_spec(name, patch={"tasks": [{"sinusoid": 1}, {"relu2nn": 1}], "mode": mode,
-                                     "finetune_size": 128, "alphas": "0,0.5,1"})
+                                     "finetune_size": 128, "alphas": "0,0.5,1"},
+                        resources={"workers": 1, "cpus_per_worker": 0.99, "max_concurrent_trials": 2})
     return validate(doc)
 
 

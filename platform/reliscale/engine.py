@@ -8,6 +8,7 @@ op is needed (FusedAdam and DeepSpeedCPUAdam would each compile for ~50 s).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -51,12 +52,15 @@ def lr_lambda(steps: int, warmup_frac: float, min_lr_frac: float):
 
 
 def init_deepspeed_comm() -> str:
-    """Join the process group Ray Train set up; returns the backend."""
+    """Form the process group from the env:// variables (RANK, WORLD_SIZE, MASTER_ADDR, ...):
+    `rendezvous.EnvRendezvous` sets them on trial workers, the benchmarks by hand. Returns the backend."""
     import deepspeed
 
     # The shared-memory collective op would be compiled with g++ on first use (~34 s).
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":  # Ray shows each worker its node's GPUs: LOCAL_RANK picks its own
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return backend
 

@@ -1,6 +1,6 @@
 """A study's patch stage (spec section `patch`), run after the grid: fine-tune, then sweep α.
 
-Fine-tunes are ordinary trials of the platform (Ray Tune -> TorchTrainer -> DeepSpeed) that
+Fine-tunes are ordinary trials of the platform (Ray Tune -> Ray Train -> DeepSpeed) that
 start from another model's weights; their child runs carry the role `finetune`, so scaling-law
 fits never see them. Each α sweep is a Ray task and one child run of the study (role `patch`):
 `patch/<task>/<metric>` at step round(1000·α), the held-out curve, the chosen α, the plot.

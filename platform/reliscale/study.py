@@ -1,7 +1,7 @@
-"""The study driver: a Ray Tune grid whose trials each fit a Ray Train TorchTrainer.
+"""The study driver: a Ray Tune grid whose trials each fit a Ray Train trainer.
 
 Ray 2.60 runs Train V2, where `Tuner(TorchTrainer)` is refused; each Tune trial
-is therefore a function that builds and fits its own TorchTrainer, forwarding
+is therefore a function that builds and fits its own data-parallel trainer, forwarding
 the workers' reports to Tune with `TuneReportCallback`. The Tune trial holds a
 token 0.01 CPU; its workers hold the real resources.
 

@@ -118,9 +118,9 @@ def train_loop(config: dict) -> None:
     progress_every = max(MIN_PROGRESS_STEPS, trial.steps // PROGRESS_REPORTS)
     timings["time/setup_s"] = time.perf_counter() - t_start
 
+    engine.train()
     for step in range(start, trial.steps):
         t0 = time.perf_counter()
-        engine.train()
         for m in range(accum):
             batch = {k: torch.as_tensor(v, device=engine.device)
                      for k, v in task.train_batch(step, m, rank, micro).items()}
@@ -165,6 +165,7 @@ def train_loop(config: dict) -> None:
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"step_{step + 1:09d}")
         timings["time/checkpoint_report_s"] += time.perf_counter() - t0
+        engine.train()
 
     if logger and not finished_before:
         _finish(logger, evaluator, trial, timings)

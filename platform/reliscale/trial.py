@@ -1,8 +1,9 @@
-"""One Tune trial: build and fit the trial's Ray Train TorchTrainer.
+"""One Tune trial: build and fit the trial's Ray Train data-parallel trainer.
 
 Kept light on purpose: the Tune trial actor imports this module, and the
 workers import the heavy training stack (torch, DeepSpeed, transformers) only
-inside `worker_loop`, so the trial actor starts in a second, not in ten.
+inside `worker_loop`; the trainer's backend (`rendezvous.EnvRendezvous`) is torch-free
+too, so neither the trial actor nor the Train controller imports torch.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def worker_loop(config: dict) -> None:
 
 def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, str], tracking_uri: str,
               storage: str, finished: frozenset[str] = frozenset(), init_from: dict[str, str] | None = None) -> None:
-    """Fit the TorchTrainer of trial `config["trial_id"]`; it restores from its own checkpoints.
+    """Fit the Ray Train trainer of trial `config["trial_id"]`; it restores from its own checkpoints.
 
     `init_from` maps a fine-tune trial to the weights it starts from (a checkpoint or state dict).
 
@@ -32,8 +33,10 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
     if config["trial_id"] in finished:
         return
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    from reliscale.rendezvous import EnvRendezvous
 
     trial = trials[config["trial_id"]]
     r = trial.spec.resources
@@ -44,8 +47,8 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
     # Ray on the trial's critical path, to observe node drains (spot reclaims) that a restart
     # from checkpoint handles anyway. RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 turns it back on.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    trainer = TorchTrainer(
-        worker_loop,
+    trainer = DataParallelTrainer(
+        worker_loop, backend_config=EnvRendezvous(),
         train_loop_config={"trial": trial, "run_id": run_ids[trial.trial_id], "tracking_uri": tracking_uri,
                            "init_from": (init_from or {}).get(trial.trial_id)},
         scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
