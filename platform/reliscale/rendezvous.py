@@ -35,6 +35,10 @@ def _set_rank_env(addr: str, port: int) -> None:
 
 
 class _EnvRendezvous(Backend):
+    # As TorchConfig: every worker sees all the GPUs Ray gave the workers on its node, and
+    # LOCAL_RANK picks its own (NCCL can then use peer-to-peer between them).
+    share_cuda_visible_devices = True
+
     def on_start(self, worker_group, backend_config: BackendConfig) -> None:
         addr, port = worker_group.execute_single(0, _address_and_port)
         worker_group.execute(_set_rank_env, addr=addr, port=port)
