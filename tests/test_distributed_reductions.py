@@ -1,7 +1,8 @@
 """Cross-rank reductions, two gloo processes: a batch split over ranks gives the full batch's
 minimax weights, per-example gradient and GP posterior precision.
 
-The study tests run most trials with one worker; this is where the all-reduces are checked.
+The study tests see these all-reduces only through their effects (and some run one worker per
+trial); here they are compared exactly with the single-process result.
 """
 
 from __future__ import annotations
