@@ -69,10 +69,14 @@ def _mean_over_ranks(total: float, count: int) -> float:
     return float(t[0] / max(t[1], 1))
 
 
+def _position(step: int, trial) -> dict:
+    """Where the trial is after `step` steps: what every report to Tune carries."""
+    return {"step": step, "data_seen": step * trial.data_per_step, "data_size": trial.data_size}
+
+
 def _report_progress(step: int, trial, loss_sum: float, loss_n: int) -> None:
     """A report with no checkpoint and nothing logged to MLflow: only the live view reads it."""
-    ray.train.report({"step": step, "data_seen": step * trial.data_per_step, "data_size": trial.data_size,
-                      "train/loss": _mean_over_ranks(loss_sum, loss_n)})
+    ray.train.report({**_position(step, trial), "train/loss": _mean_over_ranks(loss_sum, loss_n)})
 
 
 def train_loop(config: dict) -> None:
@@ -161,7 +165,7 @@ def train_loop(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             engine.save_checkpoint(tmp, tag=CKPT_TAG,
                                    client_state={"step": step + 1, "objective": objective.state_dict()})
-            report = {"step": step + 1, "data_seen": seen, "data_size": trial.data_size, **metrics}
+            report = {**_position(step + 1, trial), **metrics}
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"step_{step + 1:09d}")
         timings["time/checkpoint_report_s"] += time.perf_counter() - t0
