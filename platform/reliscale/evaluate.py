@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from reliscale.ranks import several_ranks
+
 EVAL_CHUNK = 128
 
 
@@ -24,7 +26,7 @@ def eval_schedule(steps: int, points: int) -> list[int]:
 
 def _gather(rows: np.ndarray, n: int) -> np.ndarray | None:
     """Concatenate every rank's rows on rank 0 (in rank order), trimmed to n rows."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not several_ranks():
         return rows[:n]
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, rows)

@@ -17,6 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from reliscale.ranks import several_ranks
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -213,7 +215,7 @@ class GPHead(Head):
     @torch.no_grad()
     def sync_precision(self) -> None:
         """Sum the accumulated ``phi^T phi`` over all ranks of the default process group."""
-        if not (dist.is_available() and dist.is_initialized()):
+        if not several_ranks():
             return
         prior = self.ridge * torch.eye(self.precision.shape[0], device=self.precision.device)
         data = self.precision - prior

@@ -14,10 +14,7 @@ import math
 import torch
 import torch.distributed as dist
 
-
-def _several_ranks() -> bool:
-    """A process group with more than one rank (a 1-rank group has nothing to reduce)."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from reliscale.ranks import several_ranks
 
 
 def global_group_means(losses: torch.Tensor, groups: torch.Tensor,
@@ -26,7 +23,7 @@ def global_group_means(losses: torch.Tensor, groups: torch.Tensor,
     sums = torch.zeros(num_groups, dtype=torch.float64, device=losses.device)
     sums.index_add_(0, groups, losses.detach().double())
     counts = torch.bincount(groups, minlength=num_groups).double()
-    if _several_ranks():
+    if several_ranks():
         dist.all_reduce(sums)
         dist.all_reduce(counts)
     return sums / counts.clamp(min=1), counts
@@ -67,7 +64,7 @@ class Minimax:
         # This rank's share of sum_g q_g * mean_g; DeepSpeed averages gradients over ranks,
         # so scale by the world size to get the gradient of the sum.
         counts = counts.to(losses.device, losses.dtype)
-        world = dist.get_world_size() if _several_ranks() else 1
+        world = dist.get_world_size() if several_ranks() else 1
         return (q[groups] / counts[groups] * losses).sum() * world
 
     def state_dict(self) -> dict:

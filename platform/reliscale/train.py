@@ -27,6 +27,7 @@ from reliscale.evaluate import eval_schedule
 from reliscale.faults import maybe_kill_worker
 from reliscale.models import build_model
 from reliscale.objectives import build_objective
+from reliscale.ranks import several_ranks
 from reliscale.tasks import build_evaluator, build_task
 from reliscale.tracking import TrialLogger
 
@@ -64,7 +65,7 @@ def _restore(engine, objective) -> int:
 
 def _mean_over_ranks(total: float, count: int) -> float:
     t = torch.tensor([total, count], dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
+    if several_ranks():
         dist.all_reduce(t)
     return float(t[0] / max(t[1], 1))
 
