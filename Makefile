@@ -34,6 +34,7 @@ postgres:
 bench: .venv
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_fit.py
+	$(PY) bench/bench_optimizer.py
 	$(PY) bench/bench_step.py
 	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_platform.py

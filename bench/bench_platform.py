@@ -41,7 +41,7 @@ def plain_loop(trial) -> float:
     task = build_task(trial, 1)
     model = build_model(trial)
     o = spec.train.optimizer
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(trial.steps, spec.train.schedule.warmup_frac,
                                                              spec.train.schedule.min_lr_frac))
     objective = build_objective(trial.objective, task.num_groups, spec.objective_options.step_size)

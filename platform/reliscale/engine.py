@@ -1,8 +1,10 @@
 """DeepSpeed set-up for one trial worker: the config from the spec, and the engine.
 
 On CPU DeepSpeed picks its CPU accelerator and talks over gloo; on GPUs the same
-code gets CUDA and NCCL. The client optimizer is torch's AdamW, so no compiled
-op is needed (FusedAdam and DeepSpeedCPUAdam would each compile for ~50 s).
+code gets CUDA and NCCL. The client optimizer is torch's fused AdamW (one kernel per
+tensor, no temporaries: 6-10x faster than the loop over tensors on CPU, see bench/step.md),
+so no compiled op is needed (DeepSpeed's FusedAdam and DeepSpeedCPUAdam would each compile
+for ~50 s).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def build_engine(model: torch.nn.Module, spec, steps: int, lr: float):
 
     opt = spec.train.optimizer
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=opt.betas,
-                                  weight_decay=opt.weight_decay)
+                                  weight_decay=opt.weight_decay, fused=True)
     schedule = spec.train.schedule
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(steps, schedule.warmup_frac, schedule.min_lr_frac))
