@@ -6,7 +6,7 @@ shared machine). Peak RSS growth per worker (after imports, before the model is 
 is set beside the plan's estimate (`plan.memory_terms`; bench_memory.py breaks it down).
 
     .venv/bin/python bench/bench_step.py [--steps 30] [--sizes S2,S4,S5] [--out bench/step.md]
-        [--modes ddp,zero0,zero2,zero3] [--zero-extra '{"overlap_comm": true}']  # ZeRO tuning trials
+        [--modes ddp,zero0,zero2,zero3] [--repeats 3] [--zero-extra '{"overlap_comm": true}']
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import resource
 import socket
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -116,33 +117,43 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--sizes", default="S2,S4,S5")
     ap.add_argument("--modes", default="ddp,zero0,zero2,zero3")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of all modes, interleaved")
     ap.add_argument("--zero-extra", default="{}", help="JSON merged into zero_optimization (tuning trials)")
     ap.add_argument("--out", default="bench/step.md")
     args = ap.parse_args()
     zero_extra = json.loads(args.zero_extra)
+    modes = args.modes.split(",")
     rows = []
     for size in args.sizes.split(","):
-        results = {m: run(size, m, args.steps, zero_extra) for m in args.modes.split(",")}
-        base = results["ddp"]["step_ms"]
-        for mode, r in results.items():
+        rounds = [{m: run(size, m, args.steps, zero_extra) for m in modes} for _ in range(args.repeats)]
+        for mode in modes:
+            ratios = [r[mode]["step_ms"] / r["ddp"]["step_ms"] for r in rounds]
+            last = rounds[-1][mode]
             est = "" if mode == "ddp" else f"{estimate_mb(size, int(mode[-1])):.0f}"
-            rows.append(f"| {size} | {r['n_params'] / 1e6:.2f}M | {mode} | {r['step_ms']:.1f} | "
-                        f"{r['step_ms'] / base:.2f} | {r['rss_growth_mb']:.0f} | {est} |")
+            rows.append(f"| {size} | {last['n_params'] / 1e6:.2f}M | {mode} | "
+                        f"{statistics.median(r[mode]['step_ms'] for r in rounds):.1f} | "
+                        f"{statistics.median(ratios):.2f} | {min(ratios):.2f}-{max(ratios):.2f} | "
+                        f"{last['rss_growth_mb']:.0f} | {est} |")
             print(rows[-1], flush=True)
     header = (f"# Step time and memory: DeepSpeed ZeRO vs plain PyTorch DDP\n\n"
               f"- date: {datetime.date.today()}\n- machine: {os.cpu_count()} cores, {platform.machine()}, "
-              f"torch {torch.__version__}, 2 workers x 1 thread, gloo, fp32, AdamW\n"
+              f"torch {torch.__version__}, 2 workers x 1 thread, gloo, fp32, fused AdamW (as the trials)\n"
               f"- command: `.venv/bin/python bench/bench_step.py --steps {args.steps} --sizes {args.sizes} "
-              f"--modes {args.modes}" + (f" --zero-extra '{args.zero_extra}'" if args.zero_extra != "{}" else "")
-              + "`\n"
+              f"--modes {args.modes} --repeats {args.repeats}"
+              + (f" --zero-extra '{args.zero_extra}'" if args.zero_extra != "{}" else "") + "`\n"
               f"- model: ICL decoder, d={DIM}, {POINTS} pairs (32 tokens), micro-batch {BATCH} per worker\n"
-              f"- step: forward + backward + optimizer step, median of steps 6..{args.steps}\n"
-              f"- RSS growth: peak RSS of rank 0 minus its RSS after imports and process-group setup;\n"
-              f"  estimate: the plan's estimate (`plan.memory_terms`, see bench/memory.md)\n\n"
-              "| size | params | engine | step ms | ratio to DDP | RSS growth MB | plan estimate MB |\n"
-              "|---|---|---|---|---|---|---|\n")
-    with open(args.out, "w") as f:
-        f.write(header + "\n".join(rows) + "\n")
+              f"- step: forward + backward + optimizer step, median of steps 6..{args.steps}; with several\n"
+              f"  rounds (all modes in turn, so each ratio compares runs minutes apart), the median over\n"
+              f"  rounds and the range of the per-round ratios\n"
+              f"- RSS growth (last round): peak RSS of rank 0 minus its RSS after imports and process-group\n"
+              f"  setup; estimate: the plan's estimate (`plan.memory_terms`, see bench/memory.md)\n\n"
+              "| size | params | engine | step ms | ratio to DDP | ratio range | RSS growth MB | plan estimate MB |\n"
+              "|---|---|---|---|---|---|---|---|\n")
+    # The run replaces the file's first section; the notes below it (## headings) are kept.
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    kept = old[old.index("\n## "):] if "\n## " in old else ""
+    out.write_text(header + "\n".join(rows) + "\n" + kept)
 
 
 if __name__ == "__main__":
