@@ -76,7 +76,7 @@ def main() -> None:
         f"- date: {datetime.date.today()}",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}, 1 thread",
         "- command: `.venv/bin/python bench/bench_data.py`",
-        f"- micro-batch {MICRO}; step = forward + backward + AdamW on the smallest ladder rung\n",
+        f"- micro-batch {MICRO}; step = forward + backward + fused AdamW (as the trials) on the smallest ladder rung\n",
         "| task | model | sampler ms | examples/s | step ms | sampler / step |",
         "|---|---|---|---|---|---|",
     ]
