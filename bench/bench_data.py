@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from record import write_run
 
 from reliscale.ladder import DECODER_LADDER, VIT_LADDER, ModelSize
 from reliscale.models import SIGNAL_LENGTH, SIGNAL_PATCH, Classifier, ICLDecoder, ViTBackbone
@@ -83,7 +84,7 @@ def main() -> None:
     for name, model, sample, step in rows:
         lines.append(f"| {name} | {model} | {1000 * sample:.2f} | {MICRO / sample:,.0f} | {1000 * step:.1f} | "
                      f"{100 * sample / step:.1f} % |")
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    write_run(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

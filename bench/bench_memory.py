@@ -21,6 +21,7 @@ import time
 
 import torch
 import torch.multiprocessing as mp
+from record import write_run
 
 DOC = {
     "name": "bench_memory",
@@ -141,8 +142,7 @@ def main() -> None:
         "| estimate MB | estimate vs measured |\n"
         "|---|---|---|---|---|---|---|---|" + "---|" * len(terms) + "---|---|\n"
     )
-    with open(args.out, "w") as f:
-        f.write(text + "\n".join(rows) + "\n")
+    write_run(args.out, text + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

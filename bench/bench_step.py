@@ -20,11 +20,11 @@ import resource
 import socket
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from record import write_run
 
 DIM, POINTS, BATCH = 8, 16, 32  # per worker
 
@@ -149,11 +149,7 @@ def main() -> None:
               f"  setup; estimate: the plan's estimate (`plan.memory_terms`, see bench/memory.md)\n\n"
               "| size | params | engine | step ms | ratio to DDP | ratio range | RSS growth MB | plan estimate MB |\n"
               "|---|---|---|---|---|---|---|---|\n")
-    # The run replaces the file's first section; the notes below it (## headings) are kept.
-    out = Path(args.out)
-    old = out.read_text() if out.exists() else ""
-    kept = old[old.index("\n## "):] if "\n## " in old else ""
-    out.write_text(header + "\n".join(rows) + "\n" + kept)
+    write_run(args.out, header + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":
