@@ -1,7 +1,7 @@
 """Peak memory per worker of a DeepSpeed ZeRO-0/2/3 trial vs the plan's estimate, term by term.
 
 Two CPU workers (gloo) run the platform's own engine (`engine.build_engine`: the spec's
-DeepSpeed config, AdamW, schedule) on the ICL decoder for a few steps. Rank 0 records its
+DeepSpeed config, fused AdamW, schedule) on the ICL decoder for a few steps. Rank 0 records its
 resident set (RSS) after imports and process-group set-up (the baseline), after the model
 is built, after `deepspeed.initialize`, and its peak over the steps; the plan's estimate
 (`plan.plan_trial`, the number the planner warns with) is printed beside it with its terms.
@@ -135,7 +135,7 @@ def main() -> None:
         f"- command: `.venv/bin/python bench/bench_memory.py --size {args.size} --stages {args.stages} "
         f"--steps {args.steps}`\n"
         "- workload: ICL decoder, d=8, 16 pairs (32 tokens), micro-batch 32 per worker, the platform's "
-        "own DeepSpeed config and AdamW\n"
+        "own DeepSpeed config and fused AdamW\n"
         "- measured (rank 0): RSS after imports + process group (base); growth while building the model, "
         "in `deepspeed.initialize`, and up to the peak over the steps; total = peak RSS - base\n\n"
         f"| size | params | ZeRO | base MB | model MB | DS init MB | steps MB | measured total MB | {head} "
