@@ -5,7 +5,11 @@
 (b) runs the trials one after another (max_concurrent_trials=1) so each trial's overhead
 is its own. The breakdown of (b) comes from the `time/*` metrics every trial logs.
 
-    .venv/bin/python bench/bench_platform.py [--sizes 3.2e4,6.4e4] [--model S1] [--out bench/platform.md]
+    .venv/bin/python bench/bench_platform.py [--sizes 3.2e4,6.4e4] [--model S1] [--set KEY=VALUE ...]
+        [--out bench/platform.md]
+
+`--set` overrides any other key of the job, as `reliscale submit --set` does (e.g. one worker
+with both cores: `--set resources.workers=1 --set resources.cpus_per_worker=1.99 --set train.zero_stage=0`).
 
 Each run is appended to the output file, so earlier runs stay beside the new one.
 """
@@ -66,6 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="3.2e4,6.4e4")
     ap.add_argument("--model", default="S1")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default="bench/platform.md")
     args = ap.parse_args()
     import ray
@@ -75,7 +80,7 @@ def main() -> None:
     from reliscale.study import StudyPaths, run_study
 
     overrides = [f"data.sizes=[{args.sizes}]", f"model.sizes=[{args.model}]", "resources.max_concurrent_trials=1",
-                 "name=bench_platform"]
+                 "name=bench_platform", *args.set]
     spec = load_spec(REPO / "jobs" / "icl_smoke.yaml", overrides)
     trials = expand(spec)
 
@@ -99,15 +104,17 @@ def main() -> None:
                 client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")}
         trial_wall = {r.config["trial_id"]: r.metrics["time_total_s"] for r in results}
 
+    r = spec.resources
+    sets = "".join(f" --set {kv}" for kv in args.set)
     load = " / ".join(f"{x:.1f}" for x in (*load_before, *os.getloadavg()))
     lines = [
         "## Run of " + f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n",
         f"- load average (1/5/15 min) at start / end: {load} on {os.cpu_count()} cores (shared machine)",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}",
-        f"- command: `.venv/bin/python bench/bench_platform.py --sizes {args.sizes} --model {args.model}`",
+        f"- command: `.venv/bin/python bench/bench_platform.py --sizes {args.sizes} --model {args.model}{sets}`",
         "- grid: jobs/icl_smoke.yaml with the sizes above, trials one at a time; (a) one process, 2 torch "
-        "threads; (b) 2 Ray Train workers x 0.49 CPU, DeepSpeed ZeRO-2, MLflow sqlite, checkpoint at "
-        "every eval point\n",
+        f"threads; (b) {r.workers} Ray Train worker(s) x {r.cpus_per_worker:g} CPU, DeepSpeed "
+        f"ZeRO-{spec.train.zero_stage}, MLflow sqlite, checkpoint at every eval point\n",
         "| trial | steps | (a) plain s | (b) trial wall s | ratio | setup s | DS init s | train s | "
         "eval s | log s | ckpt+report s | outside loop s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

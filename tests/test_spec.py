@@ -134,6 +134,13 @@ def test_more_workers_than_the_cluster_can_provide_is_refused(write_spec):
     assert "cluster has at most 2" in msg
 
 
+@pytest.mark.parametrize(("cpus", "threads"), [(0.49, 1), (0.99, 1), (1.99, 2), (4, 4)])
+def test_a_worker_runs_its_cpu_share_rounded_as_torch_threads(write_spec, cpus, threads):
+    # 1.99 is the most one worker can ask on a 2-CPU machine (the trial holds 0.01): both cores.
+    doc = tiny_icl_spec(resources={"workers": 1, "cpus_per_worker": cpus})
+    assert load_spec(write_spec(doc)).resources.threads_per_worker == threads
+
+
 def test_more_gpus_than_the_cluster_has_is_refused(write_spec):
     doc = tiny_icl_spec(resources={"workers": 8, "gpus_per_worker": 1, "cluster_gpus": 4})
     assert "8 workers x 1.0 GPU = 8 GPUs, but the cluster has at most 4" in problems(write_spec, doc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -60,6 +61,10 @@ def init_deepspeed_comm() -> str:
 
     # The shared-memory collective op would be compiled with g++ on first use (~34 s).
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    # DeepSpeed's ZeRO still calls a collective torch deprecates: one warning per worker per
+    # trial about DeepSpeed's code, in the middle of the study's progress view.
+    warnings.filterwarnings("ignore", r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+                            FutureWarning)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":  # Ray shows each worker its node's GPUs: LOCAL_RANK picks its own
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

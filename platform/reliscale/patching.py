@@ -200,7 +200,7 @@ def sweep_checkpoints(trial: TrialConfig, base_path: str, ft_paths: list[str], m
     model = build_model(trial).to("cuda" if torch.cuda.is_available() else "cpu")
     r = trial.spec.resources
     curve = sweep(model, base, ft, alphas, eval_tasks(trial, mixtures), r.workers, metric,
-                  threads=max(1, int(r.cpus_per_worker)))
+                  threads=r.threads_per_worker)
     if save_to:
         Path(save_to).parent.mkdir(parents=True, exist_ok=True)
         torch.save(interpolate(base, ft, curve.chosen), save_to)

@@ -250,6 +250,12 @@ class ResourcesSpec(_Section):
     cluster_gpus: float | None = Field(default=None, ge=0)
     memory_per_worker_gb: float | None = Field(default=None, gt=0)  # None: 80 per GPU, else RAM/workers
 
+    @property
+    def threads_per_worker(self) -> int:
+        """Torch threads a worker runs: its CPU share rounded, at least one. A worker asking 1.99
+        CPUs (a 2-CPU machine less the trial's own 0.01) gets two, not one."""
+        return max(1, int(self.cpus_per_worker + 0.5))
+
 
 class TrackingSpec(_Section):
     uri: str | None = None  # None = sqlite file in the study folder

@@ -80,14 +80,22 @@ def _report_progress(step: int, trial, loss_sum: float, loss_n: int) -> None:
     ray.train.report({**_position(step, trial), "train/loss": _mean_over_ranks(loss_sum, loss_n)})
 
 
+def _quiet_report_lines() -> None:
+    """Ray Train 2.60 logs every report at INFO on a logger named by its source file, outside
+    `ray.train` where `LoggingConfig` would reach it: a line per report and rank in the console."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop(config: dict) -> None:
     t_start = time.perf_counter()
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one line per report and checkpoint
+    _quiet_report_lines()
     trial, run_id, uri = config["trial"], config["run_id"], config["tracking_uri"]
     spec = trial.spec
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    torch.set_num_threads(spec.resources.threads_per_worker)
     timings: dict[str, float] = defaultdict(float)
 
     init_deepspeed_comm()

@@ -58,6 +58,9 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
             failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
+            # Ray Train's INFO lines (one per report, per rank) would bury the study's live view;
+            # warnings and errors still reach the console, everything still reaches Ray's log files.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     trainer.fit()
