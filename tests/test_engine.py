@@ -1,0 +1,61 @@
+"""The DeepSpeed engine of a trial, in one real process (gloo, one rank)."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+
+import pytest
+
+from conftest import run_rank0_script
+
+SCRIPT = textwrap.dedent('''
+    import os, sys
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    import torch
+    sys.path.insert(0, "tests")
+    from conftest import tiny_icl_spec
+    from reliscale.engine import build_engine, init_deepspeed_comm
+    from reliscale.models import build_model
+    from reliscale.spec import expand, validate
+    from reliscale.tasks import build_task
+
+    init_deepspeed_comm()
+    for stage in (0, 2):
+        trial = expand(validate(tiny_icl_spec(resources={"workers": 1}, train={"zero_stage": stage})))[0]
+        task = build_task(trial, 1, None)
+        runs = []
+        for force_allreduce in (False, True):
+            torch.manual_seed(0)
+            engine = build_engine(build_model(trial), trial.spec, trial.steps, trial.lr)
+            skipped = not engine.enable_backward_allreduce
+            engine.enable_backward_allreduce |= force_allreduce
+            losses = []
+            for i in range(5):
+                batch = {k: torch.as_tensor(v) for k, v in task.train_batch(i, 0, 0, 32).items()}
+                loss = engine(batch).mean()
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.item())
+            runs.append((losses, [p.detach().clone() for p in engine.module.parameters()]))
+        (l0, w0), (l1, w1) = runs
+        same = l0 == l1 and all(torch.equal(a, b) for a, b in zip(w0, w1))
+        print(f"STAGE{stage} SKIPPED={skipped} SAME={same} LEARNS={l0[-1] < l0[0]}")
+''')
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> subprocess.CompletedProcess:
+    proc = run_rank0_script(SCRIPT, tmp_path_factory.mktemp("engine"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_a_lone_zero0_rank_skips_the_gradient_allreduce_and_trains_bit_identically(run):
+    assert "STAGE0 SKIPPED=True SAME=True LEARNS=True" in run.stdout, run.stdout[-2000:]
+    # ZeRO-2 moves gradients into its partitions in that call: it must keep it.
+    assert "STAGE2 SKIPPED=False SAME=True LEARNS=True" in run.stdout, run.stdout[-2000:]
+
+
+def test_deepspeed_is_told_it_runs_on_cpu_instead_of_warning_that_it_found_no_gpu(run):
+    assert "unable to detect" not in run.stdout + run.stderr
