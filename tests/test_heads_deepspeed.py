@@ -85,8 +85,9 @@ def train_one(deepspeed, name: str, stage: int) -> dict:
 def main() -> None:
     import deepspeed
 
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip a ~34 s compile
-    deepspeed.init_distributed(dist_backend="gloo")
+    from reliscale.engine import init_deepspeed_comm
+
+    init_deepspeed_comm()
     results = {f"{n}/zero{s}": train_one(deepspeed, n, s) for s in STAGES for n in HEADS}
     print("RESULTS " + json.dumps(results))
 

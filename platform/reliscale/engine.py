@@ -57,7 +57,8 @@ def lr_lambda(steps: int, warmup_frac: float, min_lr_frac: float):
 def init_deepspeed_comm() -> str:
     """Form the process group from the env:// variables (RANK, WORLD_SIZE, MASTER_ADDR, ...):
     `rendezvous.EnvRendezvous` sets them on trial workers, the benchmarks by hand. Returns the backend."""
-    if not torch.cuda.is_available():
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "gloo":
         # Named, DeepSpeed takes the CPU accelerator without warning every worker of every
         # trial that it "was unable to detect" a GPU.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -69,7 +70,6 @@ def init_deepspeed_comm() -> str:
     # trial about DeepSpeed's code, in the middle of the study's progress view.
     warnings.filterwarnings("ignore", r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
                             FutureWarning)
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":  # Ray shows each worker its node's GPUs: LOCAL_RANK picks its own
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
