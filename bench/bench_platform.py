@@ -3,7 +3,12 @@
 
 (a) uses reliscale's own task, model, schedule and evaluator, with torch using both cores;
 (b) runs the trials one after another (max_concurrent_trials=1) so each trial's overhead
-is its own. The breakdown of (b) comes from the `time/*` metrics every trial logs.
+is its own, unless `--set resources.max_concurrent_trials=N` asks for the platform's
+concurrency (e.g. two one-thread trials side by side against (a)'s one two-thread loop).
+The breakdown of (b) comes from the `time/*` metrics every trial logs. With N > 1 the plain
+loop also runs as N one-thread processes side by side, (a2): the same use of the cores as (b),
+so b / a2 is the platform's cost alone and b / a what a researcher gains or loses against the
+one-process loop.
 
     .venv/bin/python bench/bench_platform.py [--sizes 3.2e4,6.4e4] [--model S1] [--set KEY=VALUE ...]
         [--out bench/platform.md]
@@ -17,7 +22,9 @@ Each run is appended to the output file, so earlier runs stay beside the new one
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
+import multiprocessing
 import os
 import platform
 import tempfile
@@ -66,6 +73,19 @@ def plain_loop(trial) -> float:
     return time.perf_counter() - t0
 
 
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def plain_side_by_side(trials, n: int) -> float:
+    """The plain loop of every trial in n one-thread processes at once; returns total wall time."""
+    t0 = time.perf_counter()
+    with concurrent.futures.ProcessPoolExecutor(n, multiprocessing.get_context("spawn"),
+                                                initializer=_one_thread) as pool:
+        list(pool.map(plain_loop, trials))
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="3.2e4,6.4e4")
@@ -88,6 +108,8 @@ def main() -> None:
     torch.set_num_threads(2)
     plain = {t.trial_id: plain_loop(t) for t in trials}
     torch.set_num_threads(1)
+    concurrent_trials = spec.resources.max_concurrent_trials
+    side_by_side = plain_side_by_side(trials, concurrent_trials) if concurrent_trials > 1 else None
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -106,13 +128,15 @@ def main() -> None:
 
     r = spec.resources
     sets = "".join(f" --set {kv}" for kv in args.set)
+    together = ("trials one at a time" if r.max_concurrent_trials == 1
+                else f"up to {r.max_concurrent_trials} trials at a time in (b)")
     load = " / ".join(f"{x:.1f}" for x in (*load_before, *os.getloadavg()))
     lines = [
         "## Run of " + f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n",
         f"- load average (1/5/15 min) at start / end: {load} on {os.cpu_count()} cores (shared machine)",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}",
         f"- command: `.venv/bin/python bench/bench_platform.py --sizes {args.sizes} --model {args.model}{sets}`",
-        "- grid: jobs/icl_smoke.yaml with the sizes above, trials one at a time; (a) one process, 2 torch "
+        f"- grid: jobs/icl_smoke.yaml with the sizes above, {together}; (a) one process, 2 torch "
         f"threads; (b) {r.workers} Ray Train worker(s) x {r.cpus_per_worker:g} CPU, DeepSpeed "
         f"ZeRO-{spec.train.zero_stage}, MLflow sqlite, checkpoint at every eval point\n",
         "| trial | steps | (a) plain s | (b) trial wall s | ratio | setup s | DS init s | train s | "
@@ -131,6 +155,10 @@ def main() -> None:
     lines += ["", f"Ray start: {ray_start:.1f} s. Study total: (a) {total_plain:.1f} s, (b) {platform_total:.1f} s, "
               f"ratio b/a = {platform_total / total_plain:.2f}; overhead per trial "
               f"(b - a) / trials = {(platform_total - total_plain) / len(trials):.1f} s."]
+    if side_by_side is not None:
+        lines[-1] += (f" (a2) the plain loops as {concurrent_trials} one-thread processes side by side: "
+                      f"{side_by_side:.1f} s, ratio b/a2 = {platform_total / side_by_side:.2f}; "
+                      f"(b - a2) / trials = {(platform_total - side_by_side) / len(trials):.1f} s.")
     out = Path(args.out)
     old = out.read_text() if out.exists() else "# Platform overhead: plain PyTorch loop vs reliscale\n"
     out.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")  # runs accumulate, newest last
