@@ -1,12 +1,13 @@
 """Peak memory per worker of a DeepSpeed ZeRO-0/2/3 trial vs the plan's estimate, term by term.
 
-Two CPU workers (gloo) run the platform's own engine (`engine.build_engine`: the spec's
+Two CPU workers (gloo; `--workers 1` for a lone rank) run the platform's own engine (`engine.build_engine`: the spec's
 DeepSpeed config, fused AdamW, schedule) on the ICL decoder for a few steps. Rank 0 records its
 resident set (RSS) after imports and process-group set-up (the baseline), after the model
 is built, after `deepspeed.initialize`, and its peak over the steps; the plan's estimate
 (`plan.plan_trial`, the number the planner warns with) is printed beside it with its terms.
 
-    .venv/bin/python bench/bench_memory.py [--size S4] [--stages 0,2,3] [--steps 4] [--out bench/memory.md]
+    .venv/bin/python bench/bench_memory.py [--size S4] [--stages 0,2,3] [--steps 4] [--workers 2]
+        [--out bench/memory.md]
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ DOC = {
 MB = 2**20
 
 
-def spec_for(size: str, stage: int):
+def spec_for(size: str, stage: int, workers: int = 2):
     from reliscale.spec import expand, validate
 
     doc = {**DOC, "model": {"family": "decoder", "sizes": [size]},
-           "train": {**DOC["train"], "zero_stage": stage}}
+           "train": {**DOC["train"], "zero_stage": stage},
+           "resources": {**DOC["resources"], "workers": workers}}
     return expand(validate(doc))[0]
 
 
@@ -56,9 +58,9 @@ def rss_peak() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def worker(rank: int, port: int, size: str, stage: int, steps: int, out) -> None:
+def worker(rank: int, port: int, size: str, stage: int, steps: int, workers: int, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+                      WORLD_SIZE=str(workers), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import torch.distributed as dist
 
@@ -67,8 +69,8 @@ def worker(rank: int, port: int, size: str, stage: int, steps: int, out) -> None
     from reliscale.tasks import build_task
 
     init_deepspeed_comm()
-    trial = spec_for(size, stage)
-    task = build_task(trial, 2)
+    trial = spec_for(size, stage, workers)
+    task = build_task(trial, workers)
     phases = {"base": rss_now()}
     torch.manual_seed(0)
     model = build_model(trial)
@@ -86,11 +88,11 @@ def worker(rank: int, port: int, size: str, stage: int, steps: int, out) -> None
     dist.destroy_process_group()
 
 
-def measure(size: str, stage: int, steps: int) -> dict[str, float]:
+def measure(size: str, stage: int, steps: int, workers: int) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=worker, args=(r, port, size, stage, steps, q)) for r in range(2)]
+    procs = [ctx.Process(target=worker, args=(r, port, size, stage, steps, workers, q)) for r in range(workers)]
     for p in procs:
         p.start()
     while q.empty():
@@ -108,17 +110,18 @@ def main() -> None:
     ap.add_argument("--size", default="S4")
     ap.add_argument("--stages", default="0,2,3")
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="bench/memory.md")
     args = ap.parse_args()
     from reliscale.plan import memory_terms, param_counts
 
     rows = []
     for stage in (int(s) for s in args.stages.split(",")):
-        trial = spec_for(args.size, stage)
+        trial = spec_for(args.size, stage, args.workers)
         counts = param_counts([trial])[trial.trial_id]
         terms = memory_terms(trial, counts)
         est = sum(terms.values())
-        ph = measure(args.size, stage, args.steps)
+        ph = measure(args.size, stage, args.steps, args.workers)
         grown = ph["peak"] - ph["base"]
         rows.append(f"| {args.size} | {counts['n_params'] / 1e6:.2f}M | {stage} | {ph['base'] / MB:.0f} | "
                     f"{(ph['model'] - ph['base']) / MB:.0f} | {(ph['engine'] - ph['model']) / MB:.0f} | "
@@ -131,10 +134,10 @@ def main() -> None:
         "# Memory per worker: measured peak RSS vs the plan's estimate\n\n"
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n"
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}, "
-        f"2 workers x 1 thread, gloo, fp32\n"
+        f"{args.workers} worker(s) x 1 thread, gloo, fp32\n"
         f"- command: `.venv/bin/python bench/bench_memory.py --size {args.size} --stages {args.stages} "
-        f"--steps {args.steps}`\n"
-        "- workload: ICL decoder, d=8, 16 pairs (32 tokens), micro-batch 32 per worker, the platform's "
+        f"--steps {args.steps}" + (f" --workers {args.workers}" if args.workers != 2 else "") + "`\n"
+        "- workload: ICL decoder, d=8, 16 pairs (32 tokens), batch 64 split over the workers, the platform's "
         "own DeepSpeed config and fused AdamW\n"
         "- measured (rank 0): RSS after imports + process group (base); growth while building the model, "
         "in `deepspeed.initialize`, and up to the peak over the steps; total = peak RSS - base\n\n"

@@ -111,6 +111,14 @@ def test_zero2_buffers_follow_the_deepspeed_bucket_and_the_device():
     assert ladder.zero_buffer_bytes(n, 0, k, "fp32", {}, "cpu") == 4 * n  # flattened all-reduce copy
 
 
+def test_a_lone_zero0_worker_holds_no_flattened_gradient_copy():
+    # engine.build_engine skips the one-rank all-reduce; measured at S5 (28.3M, bench/memory.md):
+    # 1,998 / 2,063 MB peak growth with DeepSpeed's all-reduce forced back on, 1,958 / 1,886 without.
+    n = 28_000_000
+    assert ladder.zero_buffer_bytes(n, 0, 1, "fp32", {}, "cpu") == 0
+    assert ladder.zero_buffer_bytes(n, 0, 2, "fp32", {}, "cpu") == 4 * n
+
+
 def test_zero3_buffers_add_gathered_parameters_up_to_max_live():
     n, k = 10_000_000, 8
     cfg = {"reduce_bucket_size": 1_000_000, "stage3_max_live_parameters": 3_000_000}

@@ -244,7 +244,8 @@ def zero_buffer_bytes(n_params: int, zero_stage: int, workers: int, precision: s
     """Bytes DeepSpeed holds beyond the ZeRO paper's model states, per worker.
 
     - stage 0: the engine all-reduces gradients through a flattened copy of them
-      (min(N, bucket) elements of the gradient dtype).
+      (min(N, bucket) elements of the gradient dtype); a lone rank skips that all-reduce
+      (`engine.build_engine`) and holds no copy.
     - stages 1-3 in fp32: the optimizer's fp32 master partition is a copy (4·N/k), besides
       the fp32 weights the paper counts; in 16-bit the paper's 12 bytes already hold it.
     - stages 1-2: gradients are copied into a contiguous reduce bucket of
@@ -256,7 +257,7 @@ def zero_buffer_bytes(n_params: int, zero_stage: int, workers: int, precision: s
     """
     p = PRECISION_BYTES[precision]
     if zero_stage == 0:
-        return min(n_params, DS_BUCKET) * p
+        return min(n_params, DS_BUCKET) * p if workers > 1 else 0.0
     bucket = int(zero_config.get("reduce_bucket_size", DS_BUCKET))
     resident = bucket if device == "gpu" else min(bucket, n_params)
     overlap = zero_config.get("overlap_comm", zero_stage == 3)
