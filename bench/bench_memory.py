@@ -1,10 +1,11 @@
 """Peak memory per worker of a DeepSpeed ZeRO-0/2/3 trial vs the plan's estimate, term by term.
 
-Two CPU workers (gloo; `--workers 1` for a lone rank) run the platform's own engine (`engine.build_engine`: the spec's
-DeepSpeed config, fused AdamW, schedule) on the ICL decoder for a few steps. Rank 0 records its
-resident set (RSS) after imports and process-group set-up (the baseline), after the model
-is built, after `deepspeed.initialize`, and its peak over the steps; the plan's estimate
-(`plan.plan_trial`, the number the planner warns with) is printed beside it with its terms.
+Two CPU workers (gloo; `--workers 1` for a lone rank) run the platform's own engine
+(`engine.build_engine`: the spec's DeepSpeed config, fused AdamW, schedule) on the ICL decoder
+for a few steps. Rank 0 records its resident set (RSS) after imports and process-group set-up
+(the baseline), after the model is built, after `deepspeed.initialize`, and its peak over the
+steps; the plan's estimate (`plan.plan_trial`, the number the planner warns with) is printed
+beside it with its terms.
 
     .venv/bin/python bench/bench_memory.py [--size S4] [--stages 0,2,3] [--steps 4] [--workers 2]
         [--out bench/memory.md]

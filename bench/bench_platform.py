@@ -128,8 +128,8 @@ def main() -> None:
 
     r = spec.resources
     sets = "".join(f" --set {kv}" for kv in args.set)
-    together = ("trials one at a time" if r.max_concurrent_trials == 1
-                else f"up to {r.max_concurrent_trials} trials at a time in (b)")
+    together = ("trials one at a time" if concurrent_trials == 1
+                else f"up to {concurrent_trials} trials at a time in (b)")
     load = " / ".join(f"{x:.1f}" for x in (*load_before, *os.getloadavg()))
     lines = [
         "## Run of " + f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n",
