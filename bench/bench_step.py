@@ -1,12 +1,13 @@
 """Step time and memory of a DeepSpeed ZeRO engine vs plain PyTorch DDP, 2 CPU workers (gloo).
 
 For three ICL decoder sizes: median optimizer-step time of plain DDP + AdamW, and of
-DeepSpeed ZeRO-0/2/3 with the same AdamW, measured in one run (ratios are what count on a
-shared machine). Peak RSS growth per worker (after imports, before the model is built)
+DeepSpeed ZeRO-0/2/3 with the same AdamW and the platform's ZeRO settings
+(`engine.deepspeed_config`; `--zero-extra` overrides them), measured in one run (ratios are
+what count on a shared machine). Peak RSS growth per worker (after imports, before the model is built)
 is set beside the plan's estimate (`plan.memory_terms`; bench_memory.py breaks it down).
 
     .venv/bin/python bench/bench_step.py [--steps 30] [--sizes S2,S4,S5] [--out bench/step.md]
-        [--modes ddp,zero0,zero2,zero3] [--repeats 3] [--zero-extra '{"overlap_comm": true}']
+        [--modes ddp,zero0,zero2,zero3] [--repeats 3] [--zero-extra '{"contiguous_gradients": true}']
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def worker(rank: int, port: int, size: str, mode: str, steps: int, zero_extra: d
     torch.set_num_threads(1)
     import deepspeed
     import numpy as np
+    from bench_memory import spec_for
 
-    from reliscale.engine import init_deepspeed_comm
+    from reliscale.engine import deepspeed_config, init_deepspeed_comm, merge
     from reliscale.ladder import DECODER_LADDER
     from reliscale.models import ICLDecoder
     from reliscale.tasks.icl import sample_prompts
@@ -60,9 +62,10 @@ def worker(rank: int, port: int, size: str, mode: str, steps: int, zero_extra: d
         net = torch.nn.parallel.DistributedDataParallel(model)
     else:
         stage = int(mode[-1])
+        zero = merge(deepspeed_config(spec_for(size, stage).spec)["zero_optimization"], zero_extra)
         net, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config={
             "train_batch_size": 2 * BATCH, "train_micro_batch_size_per_gpu": BATCH,
-            "zero_optimization": {"stage": stage, **zero_extra}, "steps_per_print": 10**9})
+            "zero_optimization": zero, "steps_per_print": 10**9})
     times = []
     for step in range(steps):
         batch = sample_prompts(np.random.default_rng([rank, step]), BATCH, {"dense_linear": 1}, DIM, POINTS)
@@ -118,7 +121,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="S2,S4,S5")
     ap.add_argument("--modes", default="ddp,zero0,zero2,zero3")
     ap.add_argument("--repeats", type=int, default=1, help="rounds of all modes, interleaved")
-    ap.add_argument("--zero-extra", default="{}", help="JSON merged into zero_optimization (tuning trials)")
+    ap.add_argument("--zero-extra", default="{}", help="JSON merged into the platform's zero_optimization (A/B trials)")
     ap.add_argument("--out", default="bench/step.md")
     args = ap.parse_args()
     zero_extra = json.loads(args.zero_extra)

@@ -1,13 +1,21 @@
-"""The DeepSpeed engine of a trial, in one real process (gloo, one rank)."""
+"""The DeepSpeed engine of a trial, in real processes (gloo): one rank, and two for ZeRO-2."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import textwrap
 
 import pytest
+import torch
+import torch.multiprocessing as mp
 
-from conftest import run_rank0_script
+from reliscale.engine import build_engine, init_deepspeed_comm
+from reliscale.models import build_model
+from reliscale.spec import expand, validate
+from reliscale.tasks import build_task
+
+from conftest import free_port, run_rank0_script, tiny_icl_spec
 
 SCRIPT = textwrap.dedent('''
     import os, sys
@@ -59,3 +67,37 @@ def test_a_lone_zero0_rank_skips_the_gradient_allreduce_and_trains_bit_identical
 
 def test_deepspeed_is_told_it_runs_on_cpu_instead_of_warning_that_it_found_no_gpu(run):
     assert "unable to detect" not in run.stdout + run.stderr
+
+
+def zero2_rank(rank: int, port: int, out: str) -> None:
+    """Train the same ZeRO-2 engine twice on this rank's half of each batch: with the platform's
+    CPU config (no contiguous gradient bucket) and with DeepSpeed's default (the bucket)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    init_deepspeed_comm()
+    results = {}
+    for contiguous in (None, True):
+        extra = {"deepspeed": {"zero_optimization": {"contiguous_gradients": True}}} if contiguous else {}
+        trial = expand(validate(tiny_icl_spec(train={"zero_stage": 2, **extra})))[0]
+        task = build_task(trial, 2, None)
+        torch.manual_seed(0)
+        engine = build_engine(build_model(trial), trial.spec, trial.steps, trial.lr)
+        for step in range(5):
+            batch = {k: torch.as_tensor(v) for k, v in task.train_batch(step, 0, rank, 16).items()}
+            engine.backward(engine(batch).mean())
+            engine.step()
+        results[str(contiguous)] = {"contiguous": engine.optimizer.contiguous_gradients,
+                                    "weights": [p.detach().clone() for p in engine.module.parameters()]}
+    torch.save(results, f"{out}/rank{rank}.pt")
+
+
+def test_cpu_zero2_reduces_without_the_contiguous_bucket_to_the_same_weights(tmp_path):
+    mp.spawn(zero2_rank, args=(free_port(), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for r in ranks:
+        assert r["None"]["contiguous"] is False and r["True"]["contiguous"] is True
+        for a, b in zip(r["None"]["weights"], r["True"]["weights"], strict=True):
+            torch.testing.assert_close(a, b)
+    for a, b in zip(ranks[0]["None"]["weights"], ranks[1]["None"]["weights"], strict=True):
+        assert torch.equal(a, b)  # every rank holds the same full weights after the step

@@ -108,6 +108,7 @@ def test_zero2_buffers_follow_the_deepspeed_bucket_and_the_device():
     assert ladder.zero_buffer_bytes(n, 2, k, "fp32", {}, "gpu") == master + 4 * 500_000_000
     assert ladder.zero_buffer_bytes(n, 2, k, "fp32", small, "cpu") == master + 4 * 1_000_000
     assert ladder.zero_buffer_bytes(n, 2, k, "bf16", {**small, "overlap_comm": True}, "cpu") == 2 * 2 * 1_000_000
+    assert ladder.zero_buffer_bytes(n, 2, k, "fp32", {"contiguous_gradients": False}, "cpu") == master
     assert ladder.zero_buffer_bytes(n, 0, k, "fp32", {}, "cpu") == 4 * n  # flattened all-reduce copy
 
 
@@ -133,12 +134,17 @@ def icl_trial(gpus: int = 0, **train):
     return expand(validate(doc))[0]
 
 
-def test_plan_reads_bucket_sizes_from_the_specs_deepspeed_section():
-    default, small = icl_trial(), icl_trial(deepspeed={"zero_optimization": {"reduce_bucket_size": 1000}})
-    counts = param_counts([default])[default.trial_id]
+def test_plan_reads_the_zero_buffers_from_the_specs_deepspeed_section():
+    # On CPU the platform turns ZeRO-2's contiguous gradient bucket off; a spec can turn it back on.
+    cpu, gpu = icl_trial(), icl_trial(gpus=1)
+    bucket = icl_trial(deepspeed={"zero_optimization": {"contiguous_gradients": True}})
+    small = icl_trial(deepspeed={"zero_optimization": {"contiguous_gradients": True, "reduce_bucket_size": 1000}})
+    counts = param_counts([cpu])[cpu.trial_id]
     n = counts["n_params"]
-    assert memory_terms(default, counts)["deepspeed"] == 4 * n / 2 + 4 * n
+    assert memory_terms(cpu, counts)["deepspeed"] == 4 * n / 2
+    assert memory_terms(bucket, counts)["deepspeed"] == 4 * n / 2 + 4 * n
     assert memory_terms(small, counts)["deepspeed"] == 4 * n / 2 + 4 * 1000
+    assert memory_terms(gpu, counts)["deepspeed"] == 4 * n / 2 + 4 * 500_000_000
 
 
 def test_heap_retention_is_counted_for_cpu_workers_only():

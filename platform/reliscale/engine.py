@@ -27,12 +27,17 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def deepspeed_config(spec) -> dict[str, Any]:
     """The DeepSpeed config of a study: batch geometry, ZeRO stage, precision, then overrides."""
     train = spec.train
+    zero = {"stage": train.zero_stage}
+    if train.zero_stage in (1, 2) and not spec.resources.gpus_per_worker:
+        # On CPU ZeRO-1/2 reduce faster without first copying every gradient into a contiguous
+        # bucket (28M, 2 workers: 1.18 -> 1.08x DDP's step, 4 bytes/param less; bench/step.md).
+        zero["contiguous_gradients"] = False
     cfg = {
         "train_batch_size": spec.data.batch_size,
         "train_micro_batch_size_per_gpu": spec.micro_batch(),
         "gradient_accumulation_steps": spec.grad_accumulation(),
         "gradient_clipping": train.optimizer.grad_clip,
-        "zero_optimization": {"stage": train.zero_stage},
+        "zero_optimization": zero,
         "bf16": {"enabled": train.precision == "bf16"},
         "fp16": {"enabled": train.precision == "fp16"},
         "steps_per_print": 2**31 - 1,

@@ -249,7 +249,8 @@ def zero_buffer_bytes(n_params: int, zero_stage: int, workers: int, precision: s
     - stages 1-3 in fp32: the optimizer's fp32 master partition is a copy (4·N/k), besides
       the fp32 weights the paper counts; in 16-bit the paper's 12 bytes already hold it.
     - stages 1-2: gradients are copied into a contiguous reduce bucket of
-      `reduce_bucket_size` elements (two with `overlap_comm`); stage 3 keeps one.
+      `reduce_bucket_size` elements (two with `overlap_comm`) unless `contiguous_gradients`
+      is off, as `engine.deepspeed_config` sets it on CPU; stage 3 keeps one bucket.
     - stage 3: gathered full parameters stay live up to `stage3_max_live_parameters`, and the
       reduce-scatter concatenates the bucket's gradients into one more flat copy.
     On a GPU the caching allocator backs a whole bucket; on CPU only the pages written are
@@ -260,9 +261,10 @@ def zero_buffer_bytes(n_params: int, zero_stage: int, workers: int, precision: s
         return min(n_params, DS_BUCKET) * p if workers > 1 else 0.0
     bucket = int(zero_config.get("reduce_bucket_size", DS_BUCKET))
     resident = bucket if device == "gpu" else min(bucket, n_params)
-    overlap = zero_config.get("overlap_comm", zero_stage == 3)
-    total = (4 * n_params / workers if precision == "fp32" else 0) + resident * p
+    master = 4 * n_params / workers if precision == "fp32" else 0
     if zero_stage in (1, 2):
-        return total + (resident * p if overlap else 0)
+        if not zero_config.get("contiguous_gradients", True):
+            return master
+        return master + resident * p * (2 if zero_config.get("overlap_comm", False) else 1)
     gathered = min(n_params, int(zero_config.get("stage3_max_live_parameters", DS_MAX_LIVE)))
-    return total + resident * p + gathered * p
+    return master + 2 * resident * p + gathered * p
