@@ -3,8 +3,8 @@
 For three ICL decoder sizes: median optimizer-step time of plain DDP + AdamW, and of
 DeepSpeed ZeRO-0/2/3 with the same AdamW and the platform's ZeRO settings
 (`engine.deepspeed_config`; `--zero-extra` overrides them), measured in one run (ratios are
-what count on a shared machine). Peak RSS growth per worker (after imports, before the model is built)
-is set beside the plan's estimate (`plan.memory_terms`; bench_memory.py breaks it down).
+what count on a shared machine). Peak RSS growth per worker (after imports, before the model
+is built) is set beside the plan's estimate (`plan.memory_terms`; bench_memory.py breaks it down).
 
     .venv/bin/python bench/bench_step.py [--steps 30] [--sizes S2,S4,S5] [--out bench/step.md]
         [--modes ddp,zero0,zero2,zero3] [--repeats 3] [--zero-extra '{"contiguous_gradients": true}']

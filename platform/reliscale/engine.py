@@ -30,7 +30,8 @@ def deepspeed_config(spec) -> dict[str, Any]:
     zero = {"stage": train.zero_stage}
     if train.zero_stage in (1, 2) and not spec.resources.gpus_per_worker:
         # On CPU ZeRO-1/2 reduce faster without first copying every gradient into a contiguous
-        # bucket (28M, 2 workers: 1.18 -> 1.08x DDP's step, 4 bytes/param less; bench/step.md).
+        # bucket (28M, 2 workers: 1.27 -> 1.18x and 1.18 -> 1.08x DDP's step in two A/Bs, and
+        # 4 bytes/param less; bench/step.md).
         zero["contiguous_gradients"] = False
     cfg = {
         "train_batch_size": spec.data.batch_size,
