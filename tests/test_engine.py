@@ -77,8 +77,8 @@ def zero2_rank(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     init_deepspeed_comm()
     results = {}
-    for contiguous in (None, True):
-        extra = {"deepspeed": {"zero_optimization": {"contiguous_gradients": True}}} if contiguous else {}
+    bucket_on = {"deepspeed": {"zero_optimization": {"contiguous_gradients": True}}}
+    for name, extra in (("platform", {}), ("bucket", bucket_on)):
         trial = expand(validate(tiny_icl_spec(train={"zero_stage": 2, **extra})))[0]
         task = build_task(trial, 2, None)
         torch.manual_seed(0)
@@ -87,8 +87,8 @@ def zero2_rank(rank: int, port: int, out: str) -> None:
             batch = {k: torch.as_tensor(v) for k, v in task.train_batch(step, 0, rank, 16).items()}
             engine.backward(engine(batch).mean())
             engine.step()
-        results[str(contiguous)] = {"contiguous": engine.optimizer.contiguous_gradients,
-                                    "weights": [p.detach().clone() for p in engine.module.parameters()]}
+        results[name] = {"contiguous": engine.optimizer.contiguous_gradients,
+                         "weights": [p.detach().clone() for p in engine.module.parameters()]}
     torch.save(results, f"{out}/rank{rank}.pt")
 
 
@@ -96,8 +96,8 @@ def test_cpu_zero2_reduces_without_the_contiguous_bucket_to_the_same_weights(tmp
     mp.spawn(zero2_rank, args=(free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for r in ranks:
-        assert r["None"]["contiguous"] is False and r["True"]["contiguous"] is True
-        for a, b in zip(r["None"]["weights"], r["True"]["weights"], strict=True):
+        assert r["platform"]["contiguous"] is False and r["bucket"]["contiguous"] is True
+        for a, b in zip(r["platform"]["weights"], r["bucket"]["weights"], strict=True):
             torch.testing.assert_close(a, b)
-    for a, b in zip(ranks[0]["None"]["weights"], ranks[1]["None"]["weights"], strict=True):
+    for a, b in zip(ranks[0]["platform"]["weights"], ranks[1]["platform"]["weights"], strict=True):
         assert torch.equal(a, b)  # every rank holds the same full weights after the step
