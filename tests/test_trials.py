@@ -14,6 +14,7 @@ import pytest
 import ray
 import torch
 from mlflow.tracking import MlflowClient
+from ray.util.state import list_actors
 
 from reliscale.models import build_model
 from reliscale.patching import (
@@ -72,6 +73,10 @@ def test_grid_of_2x2_trials_logs_one_child_run_each_with_full_histories(ray_sess
             assert [m.step for m in history] == steps and all(math.isfinite(m.value) for m in history)
         names = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
         assert "eval/icl_curve_id.png" in names and "eval/icl_curve_id.csv" in names
+
+    # each trial's Ray Train run started its helper actors but no Ray Data one (reliscale.trainer)
+    started = {a.class_name for a in list_actors(limit=1000, raise_on_missing_output=False)}
+    assert "PlacementGroupCleaner" in started and "DatasetManager" not in started, started
 
     # `reliscale status` reads the same store
     rows = study_status(spec, tmp_path)

@@ -33,10 +33,10 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
     if config["trial_id"] in finished:
         return
     import ray.train
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from reliscale.rendezvous import EnvRendezvous
+    from reliscale.trainer import TrialTrainer
 
     trial = trials[config["trial_id"]]
     r = trial.spec.resources
@@ -47,7 +47,7 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
     # Ray on the trial's critical path, to observe node drains (spot reclaims) that a restart
     # from checkpoint handles anyway. RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 turns it back on.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    trainer = DataParallelTrainer(
+    trainer = TrialTrainer(
         worker_loop, backend_config=EnvRendezvous(),
         train_loop_config={"trial": trial, "run_id": run_ids[trial.trial_id], "tracking_uri": tracking_uri,
                            "init_from": (init_from or {}).get(trial.trial_id)},
