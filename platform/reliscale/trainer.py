@@ -1,7 +1,7 @@
 """Ray Train's data-parallel trainer without the Ray Data actor a trial never uses.
 
 Each fit of a `DataParallelTrainer` starts a DatasetManager actor beside its controller and
-workers, datasets or not: one more Python process per trial that imports Ray Train (~3 CPU-s,
+workers, datasets or not: one more Python process per trial that imports Ray Train (2-3 CPU-s,
 bench/platform.md) to hand out Ray Data shards. A trial passes no datasets (its task samplers run
 inside the workers), so the callback that starts it is left out. Ray 2.60 builds its callbacks in
 a private method, so this follows Ray's pin in pyproject.toml.
