@@ -1,19 +1,30 @@
-"""Ray Train's data-parallel trainer without the Ray Data actor a trial never uses.
+"""Ray Train's data-parallel trainer without the helper actors a trial never uses.
 
-Each fit of a `DataParallelTrainer` starts a DatasetManager actor beside its controller and
-workers, datasets or not: one more Python process per trial that imports Ray Train (2-3 CPU-s,
-bench/platform.md) to hand out Ray Data shards. A trial passes no datasets (its task samplers run
-inside the workers), so the callback that starts it is left out. Ray 2.60 builds its callbacks in
-a private method, so this follows Ray's pin in pyproject.toml.
+Each fit of a `DataParallelTrainer` starts helper actors beside its controller and workers; each
+is one more Python process per trial that imports Ray Train (2-3 CPU-s, bench/platform.md). Two
+of them do nothing for a trial:
+
+- the DatasetManager, started whether or not there are datasets, hands out Ray Data shards: a
+  trial passes none (its task samplers run inside the workers), so its callback is left out.
+  Ray 2.60 builds the callbacks in a private method, so this follows Ray's pin in pyproject.toml;
+- the PreemptionWatcher observes node drains (spot reclaims), which the worker-group restart
+  from the last checkpoint handles anyway. RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 turns it back on.
 """
 
 from __future__ import annotations
+
+import os
 
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 
 class TrialTrainer(DataParallelTrainer):
+    def __init__(self, *args, **kwargs):
+        # read from the environment when the controller is created, i.e. in `fit`
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        super().__init__(*args, **kwargs)
+
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
         if self.datasets:

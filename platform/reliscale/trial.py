@@ -8,8 +8,6 @@ too, so neither the trial actor nor the Train controller imports torch.
 
 from __future__ import annotations
 
-import os
-
 from reliscale.spec import TrialConfig
 
 
@@ -43,10 +41,6 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
     resources = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker:
         resources["GPU"] = r.gpus_per_worker
-    # Ray Train starts a preemption-watcher actor per trial: one more Python process importing
-    # Ray on the trial's critical path, to observe node drains (spot reclaims) that a restart
-    # from checkpoint handles anyway. RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 turns it back on.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     trainer = TrialTrainer(
         worker_loop, backend_config=EnvRendezvous(),
         train_loop_config={"trial": trial, "run_id": run_ids[trial.trial_id], "tracking_uri": tracking_uri,
