@@ -86,9 +86,11 @@ def worker(rank: int, port: int, size: str, mode: str, steps: int, zero_extra: d
         out.put({"size": size, "mode": mode, "step_ms": 1000 * statistics.median(times[5:]),
                  "rss_growth_mb": rss_mb() - base_rss, "n_params": n})
     dist.destroy_process_group()
+    # Once the result is in the pipe, leave without running destructors: freeing DDP's Reducer
+    # can deadlock joining gloo's thread (seen twice at S0, torch 2.13).
     out.close()
-    out.join_thread()  # the result is in the pipe: now leave without running destructors, because
-    os._exit(0)  # freeing DDP's Reducer can deadlock joining gloo's thread (seen twice at S0, torch 2.13)
+    out.join_thread()
+    os._exit(0)
 
 
 def run(size: str, mode: str, steps: int, zero_extra: dict) -> dict:
