@@ -1,7 +1,10 @@
 """The Tune trial actor and the Train controller build and unpickle the trainer and never touch
 a tensor: what they import must not pull in torch (~2 CPU-s per process per trial). The trainer
-starts no helper actor that a trial has no use for."""
+starts no helper actor that a trial has no use for, and its controller polls the workers often
+enough that short trials do not wait on it. A worker imports the training stack without the
+cyclic GC rescanning it."""
 
+import os
 import subprocess
 import sys
 
@@ -41,3 +44,46 @@ def test_a_trials_trainer_leaves_out_the_ray_data_actor_and_keeps_the_rest():
     ray_train, trial = callbacks(DataParallelTrainer), callbacks(TrialTrainer)
     assert "DatasetsCallback" in ray_train and "PlacementGroupCleanerCallback" in trial
     assert trial == [name for name in ray_train if name != "DatasetsCallback"]
+
+
+WHAT_THE_CONTROLLER_GETS = """
+import ray.train
+from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+import reliscale.trial
+from reliscale.rendezvous import EnvRendezvous
+from reliscale.trainer import TrialTrainer
+
+TrialTrainer(reliscale.trial.worker_loop, backend_config=EnvRendezvous(), train_loop_config={},
+             scaling_config=ray.train.ScalingConfig(num_workers=2))
+env = get_env_vars_to_propagate()  # what Ray Train hands to the controller and the workers
+print(env.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"), env.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"))
+"""
+
+
+def test_a_trials_controller_polls_every_half_second_and_starts_no_preemption_watcher_unless_set():
+    def controller_env(**user) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_TRAIN_")} | user
+        out = subprocess.run([sys.executable, "-c", WHAT_THE_CONTROLLER_GETS], env=env,
+                             capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    assert controller_env() == ["0.5", "0"]
+    assert controller_env(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="3", RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="1") == ["3", "1"]
+
+
+IMPORT_IN_A_FRESH_WORKER = """
+import gc
+from reliscale.trial import import_training_stack
+
+before = gc.get_stats()[2]["collections"]
+import_training_stack()
+print(gc.get_stats()[2]["collections"] - before, gc.isenabled(), gc.get_freeze_count())
+"""
+
+
+def test_a_worker_imports_the_training_stack_without_full_collections_and_freezes_it():
+    out = subprocess.run([sys.executable, "-c", IMPORT_IN_A_FRESH_WORKER], capture_output=True, text=True, check=True)
+    full_collections, enabled, frozen = out.stdout.split()
+    assert (full_collections, enabled) == ("0", "True")
+    assert int(frozen) > 500_000  # torch, DeepSpeed, transformers: ~0.9 M objects
