@@ -46,17 +46,11 @@ def test_a_trials_trainer_leaves_out_the_ray_data_actor_and_keeps_the_rest():
     assert trial == [name for name in ray_train if name != "DatasetsCallback"]
 
 
-WHAT_THE_CONTROLLER_GETS = """
-import ray.train
+# the trainer as the controller gets it, then what Ray Train hands to the controller and the workers
+WHAT_THE_CONTROLLER_GETS = BUILD_AND_UNPICKLE + """
 from ray.train.v2._internal.constants import get_env_vars_to_propagate
 
-import reliscale.trial
-from reliscale.rendezvous import EnvRendezvous
-from reliscale.trainer import TrialTrainer
-
-TrialTrainer(reliscale.trial.worker_loop, backend_config=EnvRendezvous(), train_loop_config={},
-             scaling_config=ray.train.ScalingConfig(num_workers=2))
-env = get_env_vars_to_propagate()  # what Ray Train hands to the controller and the workers
+env = get_env_vars_to_propagate()
 print(env.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"), env.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"))
 """
 
@@ -66,7 +60,7 @@ def test_a_trials_controller_polls_every_half_second_and_starts_no_preemption_wa
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_TRAIN_")} | user
         out = subprocess.run([sys.executable, "-c", WHAT_THE_CONTROLLER_GETS], env=env,
                              capture_output=True, text=True, check=True)
-        return out.stdout.split()
+        return out.stdout.split()[2:]  # after BUILD_AND_UNPICKLE's own two values
 
     assert controller_env() == ["0.5", "0"]
     assert controller_env(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="3", RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="1") == ["3", "1"]
