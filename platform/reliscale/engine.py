@@ -72,10 +72,11 @@ def init_deepspeed_comm() -> str:
 
     # The shared-memory collective op would be compiled with g++ on first use (~34 s).
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    # DeepSpeed's ZeRO still calls a collective torch deprecates: one warning per worker per
-    # trial about DeepSpeed's code, in the middle of the study's progress view.
-    warnings.filterwarnings("ignore", r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
-                            FutureWarning)
+    # DeepSpeed's ZeRO still calls collectives torch deprecates: a warning per worker per trial
+    # about DeepSpeed's code, in the middle of the study's progress view.
+    warnings.filterwarnings(
+        "ignore", r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
+        FutureWarning)
     if backend == "nccl":  # Ray shows each worker its node's GPUs: LOCAL_RANK picks its own
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
