@@ -5,21 +5,28 @@ scalinglaws (batched L-BFGS, vectorised objective, analytic gradient) against
     a pure-Python loop over the points for the loss (the straightforward implementation);
   - scipy+numpy: the same scipy loop with a vectorised numpy loss and analytic gradient.
 The plain loop is timed on every `--subsample`-th start and resample and scaled up (it would
-take many minutes in full; `--subsample 1` runs it all).
+take many minutes in full; `--subsample 1` runs it all). The run replaces the first section of
+`--out`; pin the BLAS threads (as `make bench` does), or scipy's small per-iteration BLAS calls
+fight over the cores (bench/fit.md).
 
-    .venv/bin/python bench/bench_fit.py [--subsample 20] [--repeats 3]
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+        .venv/bin/python bench/bench_fit.py [--subsample 20] [--repeats 3] [--out bench/fit.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import os
+import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from record import write_run
 from scipy.optimize import minimize
 
 from scalinglaws import ChinchillaLaw, bootstrap
@@ -82,12 +89,14 @@ def main() -> None:
     ap.add_argument("--subsample", type=int, default=20, help="time the plain loop on every k-th problem")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the scalinglaws timings (min reported)")
     ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--out", default="bench/fit.md")
     opts = ap.parse_args()
+    load = os.getloadavg()
 
     df = chinchilla_points()
     n_rows = len(df)
     args = (np.log(df.n_params.to_numpy()), np.log(df.data_size.to_numpy()), np.log(df.loss.to_numpy()))
-    print(f"load average at start: {os.getloadavg()}; {n_rows} points, {len(CHINCHILLA_GRID)} starts")
+    print(f"load average at start: {load}; {n_rows} points, {len(CHINCHILLA_GRID)} starts")
 
     fit_runs = [timed(lambda: ChinchillaLaw(y="loss").fit(df)) for _ in range(opts.repeats)]
     fit_wall, fit_cpu, law = min(fit_runs, key=lambda r: r[0])
@@ -113,12 +122,27 @@ def main() -> None:
         print(f"{name}: grid fit {f_wall:.1f} s on {len(grid)} starts, best objective {funs.min():.10f}; "
               f"bootstrap {b_wall:.1f} s on {len(warm[::step])} resamples")
 
-    print(f"\n| implementation | grid fit s (CPU s) | bootstrap x{opts.resamples} s (CPU s) | fit CPU ratio "
-          "| bootstrap CPU ratio |")
-    print("|---|---|---|---|---|")
+    blas = " ".join(f"{v}={os.environ.get(v, 'unset')}"
+                    for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
+    lines = [
+        "# Fit benchmark: Chinchilla Approach 3, full grid + 1,000-resample bootstrap", "",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; load average at start "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
+        f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; {blas}",
+        f"- command: `.venv/bin/python bench/{os.path.basename(sys.argv[0])} --subsample {k} "
+        f"--repeats {opts.repeats} --resamples {opts.resamples}`",
+        f"- workload: {n_rows} points, {len(CHINCHILLA_GRID)} starts (see Workload below); scalinglaws "
+        f"rows: best wall time of {opts.repeats}; ratios of CPU seconds, the steadier number on a shared machine",
+        "",
+        f"| implementation | grid fit s (CPU s) | bootstrap x{opts.resamples} s (CPU s) | fit CPU ratio "
+        "| bootstrap CPU ratio |",
+        "|---|---|---|---|---|",
+    ]
     for name, (f_wall, f_cpu, b_wall, b_cpu) in rows.items():
-        print(f"| {name} | {f_wall:.2f} ({f_cpu:.2f}) | {b_wall:.2f} ({b_cpu:.2f}) | "
-              f"{f_cpu / fit_cpu:.0f}x | {b_cpu / boot_cpu:.0f}x |")
+        lines.append(f"| {name} | {f_wall:.2f} ({f_cpu:.2f}) | {b_wall:.2f} ({b_cpu:.2f}) | "
+                     f"{f_cpu / fit_cpu:.0f}x | {b_cpu / boot_cpu:.0f}x |")
+    print("\n".join(lines[-len(rows) - 2:]))
+    write_run(opts.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
