@@ -28,6 +28,7 @@ import torch.multiprocessing as mp
 from record import write_run
 
 DIM, POINTS, BATCH = 8, 16, 32  # per worker
+WARMUP = 5  # steps left out of the median
 
 
 def free_port() -> int:
@@ -42,7 +43,7 @@ def rss_mb() -> float:
 
 def worker(rank: int, port: int, size: str, mode: str, steps: int, zero_extra: dict, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
     torch.set_num_threads(1)
     import deepspeed
     import numpy as np
@@ -83,7 +84,7 @@ def worker(rank: int, port: int, size: str, mode: str, steps: int, zero_extra: d
         times.append(time.perf_counter() - t0)
     if rank == 0:
         n = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-        out.put({"size": size, "mode": mode, "step_ms": 1000 * statistics.median(times[5:]),
+        out.put({"size": size, "mode": mode, "step_ms": 1000 * statistics.median(times[WARMUP:]),
                  "rss_growth_mb": rss_mb() - base_rss, "n_params": n})
     dist.destroy_process_group()
     # Once the result is in the pipe, leave without running destructors: freeing DDP's Reducer
@@ -129,6 +130,8 @@ def main() -> None:
     ap.add_argument("--zero-extra", default="{}", help="JSON merged into the platform's zero_optimization (A/B trials)")
     ap.add_argument("--out", default="bench/step.md")
     args = ap.parse_args()
+    if args.steps <= WARMUP:
+        ap.error(f"--steps {args.steps}: the first {WARMUP} steps are warm-up, give at least {WARMUP + 1}")
     zero_extra = json.loads(args.zero_extra)
     modes = args.modes.split(",")
     rows = []
@@ -150,7 +153,7 @@ def main() -> None:
               f"--modes {args.modes} --repeats {args.repeats}"
               + (f" --zero-extra '{args.zero_extra}'" if args.zero_extra != "{}" else "") + "`\n"
               f"- model: ICL decoder, d={DIM}, {POINTS} pairs (32 tokens), micro-batch {BATCH} per worker\n"
-              f"- step: forward + backward + optimizer step, median of steps 6..{args.steps}; with several\n"
+              f"- step: forward + backward + optimizer step, median of steps {WARMUP + 1}..{args.steps}; with several\n"
               f"  rounds (all modes in turn, so each ratio compares runs minutes apart), the median over\n"
               f"  rounds and the range of the per-round ratios\n"
               f"- RSS growth (last round): peak RSS of rank 0 minus its RSS after imports and process-group\n"
