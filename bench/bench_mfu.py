@@ -166,7 +166,7 @@ def main() -> None:
               f"- versions: torch {torch.__version__}, deepspeed {deepspeed.__version__}, "
               f"transformers {transformers.__version__}, Python {platform.python_version()}\n"
               f"- settings: jobs/lm_ladder_1b.yaml (ZeRO-3, AdamW, activation checkpointing), overrides "
-              f"{args.set or 'none'}, one process, micro-batch {args.micro_batch} x {args.seq_len} tokens, "
+              f"{', '.join(args.set) or 'none'}, one process, micro-batch {args.micro_batch} x {args.seq_len} tokens, "
               f"no accumulation; mean of {args.steps} steps after {args.warmup} warm-up steps\n"
               f"- command: `bench/bench_mfu.py --sizes {args.sizes} --seq-len {args.seq_len} --micro-batch "
               f"{args.micro_batch} --steps {args.steps} --warmup {args.warmup} --precision {args.precision}"

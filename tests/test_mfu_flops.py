@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 
 import pytest
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "bench"))
-from bench_mfu import flops_per_token
+_spec = importlib.util.spec_from_file_location("bench_mfu", REPO / "bench" / "bench_mfu.py")
+bench_mfu = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_mfu)
+flops_per_token = bench_mfu.flops_per_token
 
 
 @pytest.mark.parametrize("layers, width, seq_len, vocab", [(96, 12288, 2048, 51200), (16, 2048, 2048, 50304),
