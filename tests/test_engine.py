@@ -50,9 +50,9 @@ SCRIPT = textwrap.dedent('''
         same = l0 == l1 and all(torch.equal(a, b) for a, b in zip(w0, w1))
         print(f"STAGE{stage} SKIPPED={skipped} SAME={same} LEARNS={l0[-1] < l0[0]}")
     trial = expand(validate(tiny_icl_spec(resources={"workers": 1}, train={"zero_stage": 3})))[0]
-    engine = build_engine(build_model(trial), trial.spec, trial.steps, trial.lr)
+    engine, task = build_engine(build_model(trial), trial.spec, trial.steps, trial.lr), build_task(trial, 1, None)
     for i in range(2):
-        batch = {k: torch.as_tensor(v) for k, v in build_task(trial, 1, None).train_batch(i, 0, 0, 32).items()}
+        batch = {k: torch.as_tensor(v) for k, v in task.train_batch(i, 0, 0, 32).items()}
         engine.backward(engine(batch).mean())
         engine.step()
     print("STAGE3 STEPPED")
