@@ -123,6 +123,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="more spec overrides, KEY=VALUE")
     ap.add_argument("--out", default="bench/mfu.md")
     args = ap.parse_args()
+    unknown = [p for p in args.precision.split(",") if p not in DTYPES]
+    if unknown:
+        ap.error(f"--precision {args.precision}: {', '.join(unknown)} is not one of {', '.join(DTYPES)}")
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29531"), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
