@@ -20,7 +20,6 @@ import datetime
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -125,11 +124,11 @@ def main() -> None:
     blas = " ".join(f"{v}={os.environ.get(v, 'unset')}"
                     for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
     lines = [
-        "# Fit benchmark: Chinchilla Approach 3, full grid + 1,000-resample bootstrap", "",
+        f"# Fit benchmark: Chinchilla Approach 3, full grid + {opts.resamples:,}-resample bootstrap", "",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; load average at start "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; {blas}",
-        f"- command: `.venv/bin/python bench/{os.path.basename(sys.argv[0])} --subsample {k} "
+        f"- command: `.venv/bin/python bench/bench_fit.py --subsample {k} "
         f"--repeats {opts.repeats} --resamples {opts.resamples}`",
         f"- workload: {n_rows} points, {len(CHINCHILLA_GRID)} starts (see Workload below); scalinglaws "
         f"rows: best wall time of {opts.repeats}; ratios of CPU seconds, the steadier number on a shared machine",
