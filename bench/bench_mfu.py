@@ -51,11 +51,13 @@ def trial_for(size: str, seq_len: int, micro_batch: int, precision: str, extra: 
     return trial
 
 
-def flops_per_token(n_layers: int, n_head: int, depth: int, seq_len: int, width: int) -> tuple[float, float]:
-    """(model, hardware) FLOPs per trained token; hardware adds the layers' recomputed forward pass."""
+def flops_per_token(n_layers: int, n_head: int, depth: int, seq_len: int, width: int,
+                    recompute: bool) -> tuple[float, float]:
+    """(model, hardware) FLOPs per trained token; with `recompute` (activation checkpointing) the
+    hardware also runs the layers' forward pass again."""
     attention = 2 * depth * seq_len * width  # QK^T and AV, forward, per token
     model = 6 * (n_layers + n_head) + 6 * attention
-    return model, model + 2 * n_layers + 2 * attention
+    return model, model + (2 * n_layers + 2 * attention if recompute else 0)
 
 
 def cpu_matmul_peak(dtype: torch.dtype) -> float:
@@ -153,9 +155,8 @@ def main() -> None:
             trial = trial_for(size, args.seq_len, args.micro_batch, precision, args.set)
             r = measure(trial, args.steps, args.warmup, device)
             shape = trial.size.enc
-            model_f, hw_f = flops_per_token(r["n_layers"], r["n_head"], shape.depth, args.seq_len, shape.width)
-            if not trial.spec.train.activation_checkpointing:
-                hw_f = model_f
+            model_f, hw_f = flops_per_token(r["n_layers"], r["n_head"], shape.depth, args.seq_len, shape.width,
+                                            trial.spec.train.activation_checkpointing)
             tflops = model_f * r["tokens_per_s"] / 1e12
             mfu = f"{100 * tflops / peak:.1f} %" if peak else "n/a"
             hfu = f"{100 * hw_f * r['tokens_per_s'] / 1e12 / peak:.1f} %" if peak else "n/a"

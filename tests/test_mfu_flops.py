@@ -22,7 +22,10 @@ def test_model_and_hardware_flops_match_megatrons_closed_form(layers, width, seq
     # when every layer's forward pass is recomputed (the logit layer is not).
     batch = 8
     tokens = batch * seq_len
-    model, hardware = flops_per_token(12 * layers * width**2, vocab * width, layers, seq_len, width)
+    model, hardware = flops_per_token(12 * layers * width**2, vocab * width, layers, seq_len, width, recompute=True)
     h, s, ell, v = width, seq_len, layers, vocab
     assert model * tokens == pytest.approx(72 * batch * s * ell * h**2 * (1 + s / (6 * h) + v / (12 * ell * h)))
     assert hardware * tokens == pytest.approx(96 * batch * s * ell * h**2 * (1 + s / (6 * h) + v / (16 * ell * h)))
+    # without recomputation the hardware runs exactly the model's FLOPs
+    assert flops_per_token(12 * layers * width**2, vocab * width, layers, seq_len, width, recompute=False) == (
+        model, model)
