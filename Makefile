@@ -38,6 +38,7 @@ bench: .venv
 	$(PY) bench/bench_step.py
 	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_platform.py
+	$(PY) bench/bench_loop.py
 	$(PY) bench/bench_mfu.py --sizes S4,S5,S6 --seq-len 256 --steps 4 --warmup 1 --precision bf16,fp32
 
 lint: .venv

@@ -1,0 +1,160 @@
+"""A trial's training loop, step for step, in four environments: where its slowdown comes from.
+
+bench_platform.py finds a trial's loop 1.14-1.25x slower than the plain loop. Here the same
+loop — the platform's task sampler, model, objective and DeepSpeed engine, one worker of one
+thread per trial, trials side by side — runs
+  (a) in plain processes,
+  (b) in Ray actors on a local Ray without its dashboard,
+  (c) in Ray actors beside the dashboard (the local Ray that `reliscale run` starts),
+  (d) as reliscale trials: Ray Tune + Ray Train + MLflow, their helper actors polling beside them.
+Per-step time is the loop's own time over all its steps (a trial's `time/train_s`: evals, logging
+and reports are outside it). Environments run in turn, `--repeats` rounds.
+
+    .venv/bin/python bench/bench_loop.py [--steps 1500] [--model S1] [--repeats 2] [--out bench/loop.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing
+import os
+import platform
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from record import write_run
+
+REPO = Path(__file__).resolve().parents[1]
+ENVIRONMENTS = ("plain", "ray", "ray+dashboard", "trial")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loop_ms(trial, port: int) -> float:
+    """Mean step time of `trial`'s loop as `train.train_loop` runs it on a lone rank."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    spec = trial.spec
+    torch.set_num_threads(spec.resources.threads_per_worker)
+    from reliscale.engine import build_engine, init_deepspeed_comm
+    from reliscale.models import build_model
+    from reliscale.objectives import build_objective
+    from reliscale.tasks import build_task
+
+    init_deepspeed_comm()
+    torch.manual_seed(trial.seed)
+    task = build_task(trial, 1)
+    engine = build_engine(build_model(trial), spec, trial.steps, trial.lr)
+    objective = build_objective(trial.objective, task.num_groups, spec.objective_options.step_size)
+    engine.train()
+    t0 = time.perf_counter()
+    for step in range(trial.steps):
+        batch = {k: torch.as_tensor(v) for k, v in task.train_batch(step, 0, 0, spec.micro_batch()).items()}
+        loss = objective(engine(batch), batch["group"])
+        engine.backward(loss)
+        engine.step()
+        loss.item()
+    return (time.perf_counter() - t0) / trial.steps * 1e3
+
+
+def _loop_in_fresh_process(trial) -> float:
+    return loop_ms(trial, free_port())
+
+
+def in_processes(trials) -> list[float]:
+    with multiprocessing.get_context("spawn").Pool(len(trials)) as pool:
+        return pool.map(_loop_in_fresh_process, trials)
+
+
+def in_ray_actors(trials, dashboard: bool) -> list[float]:
+    import ray
+
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, _temp_dir="/tmp/rs_bench")
+    try:
+        cpus = trials[0].spec.resources.cpus_per_worker
+        remote = ray.remote(num_cpus=cpus)(loop_ms)
+        return ray.get([remote.remote(t, free_port()) for t in trials])
+    finally:
+        ray.shutdown()
+
+
+def as_trials(spec, trials) -> list[float]:
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from reliscale.study import StudyPaths, run_study
+
+    ray.init(address="local", num_cpus=os.cpu_count(), _temp_dir="/tmp/rs_bench")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = run_study(spec, Path(tmp), progress_interval_s=3600)
+            assert not [r for r in results if r.error]
+            client = MlflowClient(StudyPaths(spec, Path(tmp)).tracking_uri)
+            exp = client.get_experiment_by_name(spec.name)
+            runs = {r.data.tags["reliscale.trial_id"]: r.data.metrics for r in
+                    client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")}
+            return [runs[t.trial_id]["time/train_s"] / t.steps * 1e3 for t in trials]
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--model", default="S1")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default="bench/loop.md")
+    args = ap.parse_args()
+    from reliscale.spec import expand, load_spec
+
+    # jobs/icl_smoke.yaml's task, two seeds: trials of one single-thread worker side by side on 2 cores
+    overrides = [f"model.sizes=[{args.model}]", f"data.sizes=[{args.steps * 64}]", "data.batch_size=64",
+                 "train.zero_stage=0", "resources.workers=1", "resources.cpus_per_worker=0.99",
+                 "resources.max_concurrent_trials=2", "eval.points=2", "seeds=2", "name=bench_loop"]
+    spec = load_spec(REPO / "jobs" / "icl_smoke.yaml", overrides)
+    trials = expand(spec)
+    run = {
+        "plain": lambda: in_processes(trials),
+        "ray": lambda: in_ray_actors(trials, dashboard=False),
+        "ray+dashboard": lambda: in_ray_actors(trials, dashboard=True),
+        "trial": lambda: as_trials(spec, trials),
+    }
+    load_before = os.getloadavg()
+    ms: dict[str, list[float]] = {e: [] for e in ENVIRONMENTS}  # per round: mean over the side-by-side loops
+    for _ in range(args.repeats):
+        for env in ENVIRONMENTS:
+            ms[env].append(statistics.mean(run[env]()))
+            print(env, f"{ms[env][-1]:.2f} ms", flush=True)
+
+    load = " / ".join(f"{x:.1f}" for x in (*load_before, *os.getloadavg()))
+    lines = [
+        "# A trial's training loop in four environments\n",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- load average (1/5/15 min) at start / end: {load}",
+        f"- machine: {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}",
+        f"- command: `.venv/bin/python bench/bench_loop.py --steps {args.steps} --model {args.model} "
+        f"--repeats {args.repeats}`",
+        f"- loop: jobs/icl_smoke.yaml's task at {args.model}, {len(trials)} trials (seeds) side by side, each "
+        "one worker of one thread, DeepSpeed ZeRO-0; per-step time over all "
+        f"{args.steps} steps, mean over the trials, median over {args.repeats} rounds\n",
+        "| environment | step ms | ratio to plain | per-round ratios |",
+        "|---|---|---|---|",
+    ]
+    for env in ENVIRONMENTS:
+        ratios = [m / p for m, p in zip(ms[env], ms["plain"], strict=True)]
+        lines.append(f"| {env} | {statistics.median(ms[env]):.2f} | {statistics.median(ratios):.3f} | "
+                     + ", ".join(f"{r:.3f}" for r in ratios) + " |")
+    write_run(args.out, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
