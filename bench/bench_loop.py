@@ -20,28 +20,22 @@ import datetime
 import multiprocessing
 import os
 import platform
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from local_group import free_port, set_rank_env
 from record import write_run
 
 REPO = Path(__file__).resolve().parents[1]
 ENVIRONMENTS = ("plain", "ray", "ray+dashboard", "trial")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def loop_ms(trial, port: int) -> float:
     """Mean step time of `trial`'s loop as `train.train_loop` runs it on a lone rank."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    set_rank_env(0, 1, port)
     spec = trial.spec
     torch.set_num_threads(spec.resources.threads_per_worker)
     from reliscale.engine import build_engine, init_deepspeed_comm

@@ -18,11 +18,11 @@ import datetime
 import os
 import platform
 import resource
-import socket
 import time
 
 import torch
 import torch.multiprocessing as mp
+from local_group import free_port, set_rank_env
 from record import write_run
 
 DOC = {
@@ -44,12 +44,6 @@ def spec_for(size: str, stage: int, workers: int = 2):
     return expand(validate(doc))[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_now() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -60,8 +54,7 @@ def rss_peak() -> float:
 
 
 def worker(rank: int, port: int, size: str, stage: int, steps: int, workers: int, out) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(workers), LOCAL_RANK=str(rank))
+    set_rank_env(rank, workers, port)
     torch.set_num_threads(1)
     import torch.distributed as dist
 

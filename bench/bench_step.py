@@ -18,23 +18,17 @@ import json
 import os
 import platform
 import resource
-import socket
 import statistics
 import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from local_group import free_port, set_rank_env
 from record import write_run
 
 DIM, POINTS, BATCH = 8, 16, 32  # per worker
 WARMUP = 5  # steps left out of the median
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb() -> float:
@@ -42,8 +36,8 @@ def rss_mb() -> float:
 
 
 def worker(rank: int, port: int, size: str, mode: str, steps: int, zero_extra: dict, out) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
+    set_rank_env(rank, 2, port)
+    os.environ["DS_ACCELERATOR"] = "cpu"
     torch.set_num_threads(1)
     import deepspeed
     import numpy as np
