@@ -132,12 +132,12 @@ def main() -> None:
     from local_group import set_rank_env  # here: tests load this file for its FLOP count alone
 
     set_rank_env(0, 1, int(os.environ.get("MASTER_PORT", "29531")))
+    from reliscale.engine import init_deepspeed_comm
+
+    init_deepspeed_comm()  # names DeepSpeed's accelerator before its first import on a CPU
     import deepspeed
     import transformers
 
-    from reliscale.engine import init_deepspeed_comm
-
-    init_deepspeed_comm()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     if cuda:
