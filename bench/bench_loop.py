@@ -82,20 +82,17 @@ def in_ray_actors(trials, dashboard: bool) -> list[float]:
 
 def as_trials(spec, trials) -> list[float]:
     import ray
-    from mlflow.tracking import MlflowClient
 
     from reliscale.study import StudyPaths, run_study
+    from reliscale.tracking import StudyRuns
 
     ray.init(address="local", num_cpus=os.cpu_count(), _temp_dir="/tmp/rs_bench")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             results = run_study(spec, Path(tmp), progress_interval_s=3600)
             assert not [r for r in results if r.error]
-            client = MlflowClient(StudyPaths(spec, Path(tmp)).tracking_uri)
-            exp = client.get_experiment_by_name(spec.name)
-            runs = {r.data.tags["reliscale.trial_id"]: r.data.metrics for r in
-                    client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")}
-            return [runs[t.trial_id]["time/train_s"] / t.steps * 1e3 for t in trials]
+            runs = StudyRuns(StudyPaths(spec, Path(tmp)).tracking_uri, spec.name).trial_runs()
+            return [runs[t.trial_id].data.metrics["time/train_s"] / t.steps * 1e3 for t in trials]
     finally:
         ray.shutdown()
 

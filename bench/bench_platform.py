@@ -94,10 +94,10 @@ def main() -> None:
     ap.add_argument("--out", default="bench/platform.md")
     args = ap.parse_args()
     import ray
-    from mlflow.tracking import MlflowClient
 
     from reliscale.spec import expand, load_spec
     from reliscale.study import StudyPaths, run_study
+    from reliscale.tracking import StudyRuns
 
     overrides = [f"data.sizes=[{args.sizes}]", f"model.sizes=[{args.model}]", "resources.max_concurrent_trials=1",
                  "name=bench_platform", *args.set]
@@ -119,11 +119,7 @@ def main() -> None:
         results = run_study(spec, Path(tmp), progress_interval_s=3600)
         platform_total = time.perf_counter() - t0
         assert not [r for r in results if r.error]
-        paths = StudyPaths(spec, Path(tmp))
-        client = MlflowClient(paths.tracking_uri)
-        exp = client.get_experiment_by_name(spec.name)
-        runs = {r.data.tags["reliscale.trial_id"]: r for r in
-                client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'trial'")}
+        runs = StudyRuns(StudyPaths(spec, Path(tmp)).tracking_uri, spec.name).trial_runs()
         trial_wall = {r.config["trial_id"]: r.metrics["time_total_s"] for r in results}
 
     r = spec.resources
