@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from record import write_run
+from record import machine, write_run
 
 from reliscale.ladder import DECODER_LADDER, VIT_LADDER, ModelSize
 from reliscale.models import SIGNAL_LENGTH, SIGNAL_PATCH, Classifier, ICLDecoder, ViTBackbone
@@ -75,7 +73,7 @@ def main() -> None:
     lines = [
         "# Data pipeline: sampler time vs training-step time\n",
         f"- date: {datetime.date.today()}",
-        f"- machine: {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}, 1 thread",
+        f"- machine: {machine()}, torch {torch.__version__}, 1 thread",
         "- command: `.venv/bin/python bench/bench_data.py`",
         f"- micro-batch {MICRO}; step = forward + backward + fused AdamW (as the trials) on the smallest ladder rung\n",
         "| task | model | sampler ms | examples/s | step ms | sampler / step |",

@@ -5,8 +5,8 @@ scalinglaws (batched L-BFGS, vectorised objective, analytic gradient) against
     a pure-Python loop over the points for the loss (the straightforward implementation);
   - scipy+numpy: the same scipy loop with a vectorised numpy loss and analytic gradient.
 The plain loop is timed on every `--subsample`-th start and resample and scaled up (it would
-take many minutes in full; `--subsample 1` runs it all). The run replaces the first section of
-`--out`; pin the BLAS threads (as `make bench` does), or scipy's small per-iteration BLAS calls
+take many minutes in full; `--subsample 1` runs it all). The run goes on top of `--out`, above
+the earlier ones; pin the BLAS threads (as `make bench` does), or scipy's small per-iteration BLAS calls
 fight over the cores (bench/fit.md).
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from record import write_run
+from record import machine, write_run
 from scipy.optimize import minimize
 
 from scalinglaws import ChinchillaLaw, bootstrap
@@ -127,7 +127,7 @@ def main() -> None:
         f"# Fit benchmark: Chinchilla Approach 3, full grid + {opts.resamples:,}-resample bootstrap", "",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; load average at start "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
-        f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; {blas}",
+        f"- machine: {machine()}, Python {platform.python_version()}; {blas}",
         f"- command: `.venv/bin/python bench/bench_fit.py --subsample {k} "
         f"--repeats {opts.repeats} --resamples {opts.resamples}`",
         f"- workload: {n_rows} points, {len(CHINCHILLA_GRID)} starts (see Workload below); scalinglaws "

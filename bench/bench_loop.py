@@ -19,7 +19,6 @@ import argparse
 import datetime
 import multiprocessing
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 from local_group import free_port, set_rank_env
-from record import write_run
+from record import machine, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 ENVIRONMENTS = ("plain", "ray", "ray+dashboard", "trial")
@@ -130,7 +129,7 @@ def main() -> None:
         "# A trial's training loop in four environments\n",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- load average (1/5/15 min) at start / end: {load}",
-        f"- machine: {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}",
+        f"- machine: {machine()}, torch {torch.__version__}",
         f"- command: `.venv/bin/python bench/bench_loop.py --steps {args.steps} --model {args.model} "
         f"--repeats {args.repeats}`",
         f"- loop: jobs/icl_smoke.yaml's task at {args.model}, {len(trials)} trials (seeds) side by side, each "

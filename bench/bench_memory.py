@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import resource
 import time
 
 import torch
 import torch.multiprocessing as mp
 from local_group import free_port, set_rank_env
-from record import write_run
+from record import machine, write_run
 
 DOC = {
     "name": "bench_memory",
@@ -127,7 +126,7 @@ def main() -> None:
     text = (
         "# Memory per worker: measured peak RSS vs the plan's estimate\n\n"
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n"
-        f"- machine: {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}, "
+        f"- machine: {machine()}, torch {torch.__version__}, "
         f"{args.workers} worker(s) x 1 thread, gloo, fp32\n"
         f"- command: `.venv/bin/python bench/bench_memory.py --size {args.size} --stages {args.stages} "
         f"--steps {args.steps}" + (f" --workers {args.workers}" if args.workers != 2 else "") + "`\n"

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from record import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -73,11 +74,6 @@ def cpu_matmul_peak(dtype: torch.dtype) -> float:
                 a @ b
             best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
     return best
-
-
-def cpu_model() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.machine())
 
 
 def measure(trial, steps: int, warmup: int, device: torch.device) -> dict[str, float]:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import time
 
 import torch
+from record import machine
 
 from reliscale.ladder import DECODER_LADDER
 from reliscale.models import ICLDecoder
@@ -69,7 +69,7 @@ def main() -> None:
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     text = "\n".join([
         f"## Run of {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n",
-        f"- machine: {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}, 1 thread; "
+        f"- machine: {machine()}, torch {torch.__version__}, 1 thread; "
         f"load average at end {load}",
         f"- command: `.venv/bin/python bench/bench_optimizer.py --sizes {args.sizes} --steps {args.steps}`\n",
         "| size | tensors | elements | single ms | foreach ms | fused ms | single / fused | max diff vs single |",

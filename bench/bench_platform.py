@@ -26,12 +26,12 @@ import concurrent.futures
 import datetime
 import multiprocessing
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from record import machine
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("time/setup_s", "time/deepspeed_init_s", "time/train_s", "time/eval_s", "time/log_s",
@@ -130,7 +130,7 @@ def main() -> None:
     lines = [
         "## Run of " + f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n",
         f"- load average (1/5/15 min) at start / end: {load} on {os.cpu_count()} cores (shared machine)",
-        f"- machine: {os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}",
+        f"- machine: {machine()}, torch {torch.__version__}",
         f"- command: `.venv/bin/python bench/bench_platform.py --sizes {args.sizes} --model {args.model}{sets}`",
         f"- grid: jobs/icl_smoke.yaml with the sizes above, {together}; (a) one process, 2 torch "
         f"threads; (b) {r.workers} Ray Train worker(s) x {r.cpus_per_worker:g} CPU, DeepSpeed "

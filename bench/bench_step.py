@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import time
@@ -25,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from local_group import free_port, set_rank_env
-from record import write_run
+from record import machine, write_run
 
 DIM, POINTS, BATCH = 8, 16, 32  # per worker
 WARMUP = 5  # steps left out of the median
@@ -141,7 +140,7 @@ def main() -> None:
                         f"{last['rss_growth_mb']:.0f} | {est} |")
             print(rows[-1], flush=True)
     header = (f"# Step time and memory: DeepSpeed ZeRO vs plain PyTorch DDP\n\n"
-              f"- date: {datetime.date.today()}\n- machine: {os.cpu_count()} cores, {platform.machine()}, "
+              f"- date: {datetime.date.today()}\n- machine: {machine()}, "
               f"torch {torch.__version__}, 2 workers x 1 thread, gloo, fp32, fused AdamW (as the trials)\n"
               f"- command: `.venv/bin/python bench/bench_step.py --steps {args.steps} --sizes {args.sizes} "
               f"--modes {args.modes} --repeats {args.repeats}"

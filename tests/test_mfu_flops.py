@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 
 from conftest import REPO
 
+sys.path.insert(0, str(REPO / "bench"))  # where the script finds its siblings when run
 _spec = importlib.util.spec_from_file_location("bench_mfu", REPO / "bench" / "bench_mfu.py")
 bench_mfu = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_mfu)
