@@ -10,7 +10,6 @@ one thread, as a Ray Train worker with 0.49 CPU runs).
 from __future__ import annotations
 
 import argparse
-import datetime
 import tempfile
 import time
 from pathlib import Path
@@ -72,7 +71,6 @@ def main() -> None:
         rows.append(("mnist1d (cached)", "vit S0", sample, step))
     lines = [
         "# Data pipeline: sampler time vs training-step time\n",
-        f"- date: {datetime.date.today()}",
         f"- machine: {machine()}, torch {torch.__version__}, 1 thread",
         "- command: `.venv/bin/python bench/bench_data.py`",
         f"- micro-batch {MICRO}; step = forward + backward + fused AdamW (as the trials) on the smallest ladder rung\n",

@@ -16,7 +16,6 @@ fight over the cores (bench/fit.md).
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import os
 import platform
@@ -125,8 +124,7 @@ def main() -> None:
                     for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
     lines = [
         f"# Fit benchmark: Chinchilla Approach 3, full grid + {opts.resamples:,}-resample bootstrap", "",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; load average at start "
-        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
+        f"- load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
         f"- machine: {machine()}, Python {platform.python_version()}; {blas}",
         f"- command: `.venv/bin/python bench/bench_fit.py --subsample {k} "
         f"--repeats {opts.repeats} --resamples {opts.resamples}`",

@@ -16,7 +16,6 @@ and reports are outside it). Environments run in turn, `--repeats` rounds.
 from __future__ import annotations
 
 import argparse
-import datetime
 import multiprocessing
 import os
 import statistics
@@ -127,7 +126,6 @@ def main() -> None:
     load = " / ".join(f"{x:.1f}" for x in (*load_before, *os.getloadavg()))
     lines = [
         "# A trial's training loop in four environments\n",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- load average (1/5/15 min) at start / end: {load}",
         f"- machine: {machine()}, torch {torch.__version__}",
         f"- command: `.venv/bin/python bench/bench_loop.py --steps {args.steps} --model {args.model} "

@@ -14,7 +14,6 @@ beside it with its terms.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import resource
 import time
@@ -125,7 +124,6 @@ def main() -> None:
     head = " | ".join(f"est. {k} MB" for k in terms)
     text = (
         "# Memory per worker: measured peak RSS vs the plan's estimate\n\n"
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n"
         f"- machine: {machine()}, torch {torch.__version__}, "
         f"{args.workers} worker(s) x 1 thread, gloo, fp32\n"
         f"- command: `.venv/bin/python bench/bench_memory.py --size {args.size} --stages {args.stages} "

@@ -13,7 +13,6 @@ is built) is set beside the plan's estimate (`plan.memory_terms`; bench_memory.p
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import resource
@@ -140,8 +139,7 @@ def main() -> None:
                         f"{last['rss_growth_mb']:.0f} | {est} |")
             print(rows[-1], flush=True)
     header = (f"# Step time and memory: DeepSpeed ZeRO vs plain PyTorch DDP\n\n"
-              f"- date: {datetime.date.today()}\n- machine: {machine()}, "
-              f"torch {torch.__version__}, 2 workers x 1 thread, gloo, fp32, fused AdamW (as the trials)\n"
+              f"- machine: {machine()}, torch {torch.__version__}, 2 workers x 1 thread, gloo, fp32, fused AdamW (as the trials)\n"
               f"- command: `.venv/bin/python bench/bench_step.py --steps {args.steps} --sizes {args.sizes} "
               f"--modes {args.modes} --repeats {args.repeats}"
               + (f" --zero-extra '{args.zero_extra}'" if args.zero_extra != "{}" else "") + "`\n"
