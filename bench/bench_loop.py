@@ -1,16 +1,20 @@
-"""A trial's training loop, step for step, in four environments: where its slowdown comes from.
+"""A trial's training loop, step for step, in five environments: where its slowdown comes from.
 
-bench_platform.py finds a trial's loop 1.14-1.25x slower than the plain loop. Here the same
-loop — the platform's task sampler, model, objective and DeepSpeed engine, one worker of one
-thread per trial, trials side by side — runs
+bench_platform.py finds a trial's loop 1.14-1.32x slower than the plain loop. Here the same
+loop — the platform's task sampler, model, objective and DeepSpeed engine, one worker per trial:
+two trials of one thread side by side, or `--trials 1`, one of two threads — runs
   (a) in plain processes,
   (b) in Ray actors on a local Ray without its dashboard,
   (c) in Ray actors beside the dashboard (the local Ray that `reliscale run` starts),
-  (d) as reliscale trials: Ray Tune + Ray Train + MLflow, their helper actors polling beside them.
+  (d) as (c) with as many idle actors beside them as the helper actors a training trial keeps
+      alive (HELPERS_PER_TRIAL, HELPERS_PER_STUDY): every idle Ray worker process still wakes
+      ~100 times a second (the core worker's 10 ms signal check), and on two busy cores each
+      wake-up preempts the loop; the run records how often one of them woke,
+  (e) as reliscale trials: Ray Tune + Ray Train + MLflow, their helper actors beside them.
 Per-step time is the loop's own time over all its steps (a trial's `time/train_s`: evals, logging
 and reports are outside it). Environments run in turn, `--repeats` rounds.
 
-    .venv/bin/python bench/bench_loop.py [--steps 1500] [--model S1] [--repeats 2] [--out bench/loop.md]
+    .venv/bin/python bench/bench_loop.py [--steps 1500] [--model S1] [--trials 2] [--repeats 2] [--out bench/loop.md]
 """
 
 from __future__ import annotations
@@ -28,7 +32,12 @@ from local_group import free_port, set_rank_env
 from record import machine, write_run
 
 REPO = Path(__file__).resolve().parents[1]
-ENVIRONMENTS = ("plain", "ray", "ray+dashboard", "trial")
+ENVIRONMENTS = ("plain", "ray", "ray+dashboard", "ray+idle helpers", "trial")
+# Actors that stay alive, mostly idle, while a trial trains: Tune's result queue (_QueueActor),
+# Ray Train's TrainController, PlacementGroupCleaner and SynchronizationActor; and, once per Ray
+# cluster, Ray Train's _AutoscalingCoordinatorActor (bench/platform.md has the census).
+HELPERS_PER_TRIAL = 4
+HELPERS_PER_STUDY = 1
 
 
 def loop_ms(trial, port: int) -> float:
@@ -66,14 +75,38 @@ def in_processes(trials) -> list[float]:
         return pool.map(_loop_in_fresh_process, trials)
 
 
-def in_ray_actors(trials, dashboard: bool) -> list[float]:
+class IdleActor:
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def wakeups(pid: int) -> int:
+    """Times any thread of process `pid` went to sleep and woke again (voluntary context switches)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches"):
+                total += int(line.split()[1])
+    return total
+
+
+def in_ray_actors(trials, dashboard: bool, idle_actors: int = 0, wakeup_rates: list[float] | None = None,
+                  ) -> list[float]:
+    """The loops in Ray actors; with `idle_actors` more actors doing nothing beside them, and the
+    wake-ups a second of one of those appended to `wakeup_rates`."""
     import ray
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, _temp_dir="/tmp/rs_bench")
     try:
+        idle = [ray.remote(num_cpus=0)(IdleActor).remote() for _ in range(idle_actors)]
+        pids = ray.get([a.pid.remote() for a in idle])
         cpus = trials[0].spec.resources.cpus_per_worker
         remote = ray.remote(num_cpus=cpus)(loop_ms)
-        return ray.get([remote.remote(t, free_port()) for t in trials])
+        t0, before = time.perf_counter(), [wakeups(p) for p in pids[:1]]
+        ms = ray.get([remote.remote(t, free_port()) for t in trials])
+        if pids and wakeup_rates is not None:
+            wakeup_rates.append((wakeups(pids[0]) - before[0]) / (time.perf_counter() - t0))
+        return ms
     finally:
         ray.shutdown()
 
@@ -99,21 +132,28 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--model", default="S1")
+    ap.add_argument("--trials", type=int, choices=(1, 2), default=2,
+                    help="trials side by side: 2 of one thread each, or 1 of two threads")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default="bench/loop.md")
     args = ap.parse_args()
     from reliscale.spec import expand, load_spec
 
-    # jobs/icl_smoke.yaml's task, two seeds: trials of one single-thread worker side by side on 2 cores
+    # jobs/icl_smoke.yaml's task, one seed per trial: the 2 cores shared by one-worker trials
+    cpus = 1.99 if args.trials == 1 else 0.99
     overrides = [f"model.sizes=[{args.model}]", f"data.sizes=[{args.steps * 64}]", "data.batch_size=64",
-                 "train.zero_stage=0", "resources.workers=1", "resources.cpus_per_worker=0.99",
-                 "resources.max_concurrent_trials=2", "eval.points=2", "seeds=2", "name=bench_loop"]
+                 "train.zero_stage=0", "resources.workers=1", f"resources.cpus_per_worker={cpus}",
+                 f"resources.max_concurrent_trials={args.trials}", "eval.points=2", f"seeds={args.trials}",
+                 "name=bench_loop"]
     spec = load_spec(REPO / "jobs" / "icl_smoke.yaml", overrides)
     trials = expand(spec)
+    helpers = HELPERS_PER_TRIAL * len(trials) + HELPERS_PER_STUDY
+    wakeup_rates: list[float] = []
     run = {
         "plain": lambda: in_processes(trials),
         "ray": lambda: in_ray_actors(trials, dashboard=False),
         "ray+dashboard": lambda: in_ray_actors(trials, dashboard=True),
+        "ray+idle helpers": lambda: in_ray_actors(trials, True, helpers, wakeup_rates),
         "trial": lambda: as_trials(spec, trials),
     }
     load_before = os.getloadavg()
@@ -125,14 +165,16 @@ def main() -> None:
 
     load = " / ".join(f"{x:.1f}" for x in (*load_before, *os.getloadavg()))
     lines = [
-        "# A trial's training loop in four environments\n",
+        "# A trial's training loop in five environments\n",
         f"- load average (1/5/15 min) at start / end: {load}",
         f"- machine: {machine()}, torch {torch.__version__}",
         f"- command: `.venv/bin/python bench/bench_loop.py --steps {args.steps} --model {args.model} "
-        f"--repeats {args.repeats}`",
-        f"- loop: jobs/icl_smoke.yaml's task at {args.model}, {len(trials)} trials (seeds) side by side, each "
-        "one worker of one thread, DeepSpeed ZeRO-0; per-step time over all "
-        f"{args.steps} steps, mean over the trials, median over {args.repeats} rounds\n",
+        f"--trials {args.trials} --repeats {args.repeats}`",
+        f"- loop: jobs/icl_smoke.yaml's task at {args.model}, {len(trials)} trial(s) (seeds) side by side, each "
+        f"one worker of {spec.resources.threads_per_worker} thread(s), DeepSpeed ZeRO-0; per-step time over all "
+        f"{args.steps} steps, mean over the trials, median over {args.repeats} rounds",
+        f"- ray+idle helpers: {helpers} idle actors ({HELPERS_PER_TRIAL} a trial + {HELPERS_PER_STUDY}); one of "
+        "them woke " + ", ".join(f"{w:.0f}" for w in wakeup_rates) + " times a second (each round)\n",
         "| environment | step ms | ratio to plain | per-round ratios |",
         "|---|---|---|---|",
     ]

@@ -17,7 +17,7 @@ from reliscale.rendezvous import EnvRendezvous
 from reliscale.trainer import TrialTrainer
 
 config = pickle.loads(pickle.dumps(EnvRendezvous()))  # what the controller receives
-TrialTrainer(reliscale.trial.worker_loop, backend_config=config, train_loop_config={},
+TrialTrainer(reliscale.trial.worker_loop, backend_config=config, train_loop_config={}, placement_group_key="s/t",
              scaling_config=ray.train.ScalingConfig(num_workers=2))._create_default_callbacks()
 print(config.backend_cls().share_cuda_visible_devices, "torch" in sys.modules)
 """
@@ -28,22 +28,25 @@ def test_building_a_trials_trainer_imports_no_torch():
     assert out.stdout.split() == ["True", "False"]
 
 
-def test_a_trials_trainer_leaves_out_the_ray_data_actor_and_keeps_the_rest():
+def test_a_trials_trainer_leaves_out_the_ray_data_actor_records_its_placement_group_instead_of_the_cleaner():
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from reliscale.rendezvous import EnvRendezvous
-    from reliscale.trainer import TrialTrainer
+    from reliscale.trainer import RecordPlacementGroup, TrialTrainer
     from reliscale.trial import worker_loop
 
-    def callbacks(cls) -> list[str]:
-        trainer = cls(worker_loop, backend_config=EnvRendezvous(), train_loop_config={},
-                      scaling_config=ray.train.ScalingConfig(num_workers=2))
-        return [type(c).__name__ for c in trainer._create_default_callbacks()]
+    def callbacks(cls, **key) -> list:
+        return cls(worker_loop, backend_config=EnvRendezvous(), train_loop_config={},
+                   scaling_config=ray.train.ScalingConfig(num_workers=2), **key)._create_default_callbacks()
 
-    ray_train, trial = callbacks(DataParallelTrainer), callbacks(TrialTrainer)
-    assert "DatasetsCallback" in ray_train and "PlacementGroupCleanerCallback" in trial
-    assert trial == [name for name in ray_train if name != "DatasetsCallback"]
+    ray_train = [type(c).__name__ for c in callbacks(DataParallelTrainer)]
+    trial = callbacks(TrialTrainer, placement_group_key="study/trial")
+    assert "DatasetsCallback" in ray_train and "PlacementGroupCleanerCallback" in ray_train
+    expected = [{"PlacementGroupCleanerCallback": "RecordPlacementGroup"}.get(name, name) for name in ray_train
+                if name != "DatasetsCallback"]
+    assert [type(c).__name__ for c in trial] == expected
+    assert [c.key for c in trial if isinstance(c, RecordPlacementGroup)] == ["study/trial"]
 
 
 # the trainer as the controller gets it, then what Ray Train hands to the controller and the workers

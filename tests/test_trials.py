@@ -9,11 +9,17 @@ import contextlib
 import io
 import json
 import math
+import os
+import signal
+import threading
+import time
 
 import pytest
 import ray
 import torch
 from mlflow.tracking import MlflowClient
+from ray.experimental.internal_kv import _internal_kv_get
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 from ray.util.state import list_actors
 
 from reliscale.models import build_model
@@ -28,6 +34,7 @@ from reliscale.spec import expand, validate
 from reliscale.status import format_status, study_status
 from reliscale.study import StudyPaths, run_study
 from reliscale.tasks.icl import icl_metrics
+from reliscale.trainer import KV_NAMESPACE
 from scalinglaws.cli import main as fit_main
 
 from conftest import tiny_icl_spec
@@ -74,11 +81,12 @@ def test_grid_of_2x2_trials_logs_one_child_run_each_with_full_histories(ray_sess
         names = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
         assert "eval/icl_curve_id.png" in names and "eval/icl_curve_id.csv" in names
 
-    # each trial's Ray Train run started its helper actors but not the two it has no use for
-    # (reliscale.trainer)
+    # each trial's Ray Train run started its helper actors but not the three it does without
+    # (reliscale.trainer), and left no placement group holding CPUs
     started = {a.class_name for a in list_actors(limit=1000, raise_on_missing_output=False)}
-    assert "PlacementGroupCleaner" in started, started
-    assert not {"DatasetManager", "PreemptionWatcher"} & started, started
+    assert "TrainController" in started, started
+    assert not {"DatasetManager", "PreemptionWatcher", "PlacementGroupCleaner"} & started, started
+    assert {pg["state"] for pg in placement_group_table().values()} == {"REMOVED"}
 
     # `reliscale status` reads the same store
     rows = study_status(spec, tmp_path)
@@ -157,3 +165,46 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
     # Nothing logged twice: each eval point appears once although steps 17..40 ran twice.
     steps = [m.step for m in client.get_metric_history(faulty_run.info.run_id, "eval/id/mse")]
     assert steps == [32, 128, 512, 2048]
+
+
+def test_a_trial_whose_train_controller_is_killed_gets_its_cpus_back_and_finishes_on_retry(ray_session, tmp_path):
+    """The controller owns its workers' placement group, which lives as long as the job: killed, the
+    controller cannot remove it, and a group left holding 1.5 of the 2 CPUs would keep the retried
+    trial from ever starting. The trial actor removes it (reliscale.trainer)."""
+    doc = tiny_icl_spec("controller_killed")
+    doc["data"]["sizes"] = [4096]
+    doc["resources"] = {"workers": 1, "cpus_per_worker": 1.5, "max_concurrent_trials": 1}
+    spec = validate(doc)
+    (trial,) = expand(spec)
+    key = f"{trial.study}/{trial.trial_id}"
+    killed, leaked = [], []
+
+    def group(pg_id: bytes) -> PlacementGroup:
+        return PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id.decode())))
+
+    def kill_the_controller_then_wait_for_the_retrys_workers():
+        while not (first := _internal_kv_get(key, namespace=KV_NAMESPACE)):
+            time.sleep(0.2)
+        (controller,) = list_actors(filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE")],
+                                    detail=True)
+        os.kill(controller.pid, signal.SIGKILL)
+        killed.append(first)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = _internal_kv_get(key, namespace=KV_NAMESPACE)
+            if now and now != first and placement_group_table(group(now)).get("state") == "CREATED":
+                return
+            time.sleep(0.5)
+        leaked.append(first)
+        remove_placement_group(group(first))  # so that the study ends and the test fails instead of hanging
+
+    watcher = threading.Thread(target=kill_the_controller_then_wait_for_the_retrys_workers, daemon=True)
+    watcher.start()
+    results = run_study(spec, tmp_path, progress_interval_s=60)
+    watcher.join(timeout=180)
+    assert killed and not leaked
+    assert not [r for r in results if r.error]
+    _, runs = child_runs(spec, tmp_path)
+    assert [r.info.status for r in runs.values()] == ["FINISHED"]
+    assert placement_group_table(group(killed[0]))["state"] == "REMOVED"
+    assert _internal_kv_get(key, namespace=KV_NAMESPACE) is None

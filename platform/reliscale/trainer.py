@@ -1,14 +1,22 @@
 """Ray Train's data-parallel trainer, set up for trials: short ones, many of them.
 
 Each fit of a `DataParallelTrainer` starts helper actors beside its controller and workers; each
-is one more Python process per trial that imports Ray Train (2-3 CPU-s, bench/platform.md). Two
-of them do nothing for a trial:
+is one more Python process per trial that imports Ray Train (2-3 CPU-s), and while the trial
+trains it wakes ~100 times a second and slows the loop beside it (bench/platform.md,
+bench/loop.md). Three of them are left out:
 
 - the DatasetManager, started whether or not there are datasets, hands out Ray Data shards: a
   trial passes none (its task samplers run inside the workers), so its callback is left out.
   Ray 2.60 builds the callbacks in a private method, so this follows Ray's pin in pyproject.toml;
 - the PreemptionWatcher observes node drains (spot reclaims), which the worker-group restart
-  from the last checkpoint handles anyway. RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 turns it back on.
+  from the last checkpoint handles anyway. RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 turns it back on;
+- the PlacementGroupCleaner, a detached actor that asks the State API every second whether the
+  controller lives, to remove the workers' placement group should the controller die without
+  removing it (a placement group lives as long as the job, not its creator). It cost a lone
+  trial's loop 7 % (bench/platform.md). In its place the controller records the placement group
+  in Ray's KV store (`RecordPlacementGroup`), and the Tune trial actor, which owns the controller,
+  removes it after `fit` and before a retried trial's `fit` (`remove_recorded_placement_group`):
+  no process, no polling.
 
 The controller collects its workers' reports by polling them, every 2 s by default. A worker's
 result queue holds one report, so a report made less than 2 s after the previous one waits, and
@@ -21,20 +29,49 @@ from __future__ import annotations
 
 import os
 
+import ray
+from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get, _internal_kv_put
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+KV_NAMESPACE = "reliscale.placement_groups"
+
+
+class RecordPlacementGroup(WorkerGroupCallback):
+    """Runs in the controller: records each worker group's placement group under `key` (the
+    latest one: the controller removes a failed group's own before it starts the next)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def after_worker_group_start(self, worker_group) -> None:
+        pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
+        _internal_kv_put(self.key, pg.id.hex(), overwrite=True, namespace=KV_NAMESPACE)
+
+
+def remove_recorded_placement_group(key: str) -> None:
+    """Remove the placement group recorded under `key`, if any; removing one already gone is a no-op."""
+    recorded = _internal_kv_get(key, namespace=KV_NAMESPACE)
+    if recorded:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(recorded.decode()))))
+        _internal_kv_del(key, namespace=KV_NAMESPACE)
 
 
 class TrialTrainer(DataParallelTrainer):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, placement_group_key: str, **kwargs):
         # read from the environment when the controller is created, i.e. in `fit`; Ray Train
         # passes both on to the controller and the workers
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+        self.placement_group_key = placement_group_key
         super().__init__(*args, **kwargs)
 
     def _create_default_callbacks(self):
-        callbacks = super()._create_default_callbacks()
+        callbacks = [RecordPlacementGroup(self.placement_group_key) if isinstance(c, PlacementGroupCleanerCallback)
+                     else c for c in super()._create_default_callbacks()]
         if self.datasets:
             return callbacks
         return [c for c in callbacks if not isinstance(c, DatasetsCallback)]

@@ -53,15 +53,18 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from reliscale.rendezvous import EnvRendezvous
-    from reliscale.trainer import TrialTrainer
+    from reliscale.trainer import TrialTrainer, remove_recorded_placement_group
 
     trial = trials[config["trial_id"]]
+    # the workers' placement group of an earlier try whose trial actor died, taking its controller along
+    placement_group_key = f"{trial.study}/{trial.trial_id}"
+    remove_recorded_placement_group(placement_group_key)
     r = trial.spec.resources
     resources = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker:
         resources["GPU"] = r.gpus_per_worker
     trainer = TrialTrainer(
-        worker_loop, backend_config=EnvRendezvous(),
+        worker_loop, backend_config=EnvRendezvous(), placement_group_key=placement_group_key,
         train_loop_config={"trial": trial, "run_id": run_ids[trial.trial_id], "tracking_uri": tracking_uri,
                            "init_from": (init_from or {}).get(trial.trial_id)},
         scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
@@ -76,4 +79,7 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:  # left behind only by a controller that died
+        remove_recorded_placement_group(placement_group_key)
