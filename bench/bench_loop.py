@@ -34,9 +34,10 @@ from record import machine, write_run
 REPO = Path(__file__).resolve().parents[1]
 ENVIRONMENTS = ("plain", "ray", "ray+dashboard", "ray+idle helpers", "trial")
 # Actors that stay alive, mostly idle, while a trial trains: Tune's result queue (_QueueActor),
-# Ray Train's TrainController, PlacementGroupCleaner and SynchronizationActor; and, once per Ray
-# cluster, Ray Train's _AutoscalingCoordinatorActor (bench/platform.md has the census).
-HELPERS_PER_TRIAL = 4
+# Ray Train's TrainController and SynchronizationActor; and, once per Ray cluster, Ray Train's
+# _AutoscalingCoordinatorActor (bench/platform.md has the census). Four a trial until 2026-12-02,
+# when trials stopped starting Ray Train's PlacementGroupCleaner (reliscale.trainer).
+HELPERS_PER_TRIAL = 3
 HELPERS_PER_STUDY = 1
 
 
@@ -90,8 +91,8 @@ def wakeups(pid: int) -> int:
     return total
 
 
-def in_ray_actors(trials, dashboard: bool, idle_actors: int = 0, wakeup_rates: list[float] | None = None,
-                  ) -> list[float]:
+def in_ray_actors(trials, dashboard: bool, idle_actors: int = 0,
+                  wakeup_rates: list[float] | None = None) -> list[float]:
     """The loops in Ray actors; with `idle_actors` more actors doing nothing beside them, and the
     wake-ups a second of one of those appended to `wakeup_rates`."""
     import ray
