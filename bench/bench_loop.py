@@ -103,10 +103,10 @@ def in_ray_actors(trials, dashboard: bool, idle_actors: int = 0,
         pids = ray.get([a.pid.remote() for a in idle])
         cpus = trials[0].spec.resources.cpus_per_worker
         remote = ray.remote(num_cpus=cpus)(loop_ms)
-        t0, before = time.perf_counter(), [wakeups(p) for p in pids[:1]]
+        t0, before = time.perf_counter(), wakeups(pids[0]) if pids else 0
         ms = ray.get([remote.remote(t, free_port()) for t in trials])
         if pids and wakeup_rates is not None:
-            wakeup_rates.append((wakeups(pids[0]) - before[0]) / (time.perf_counter() - t0))
+            wakeup_rates.append((wakeups(pids[0]) - before) / (time.perf_counter() - t0))
         return ms
     finally:
         ray.shutdown()

@@ -18,8 +18,7 @@ import pytest
 import ray
 import torch
 from mlflow.tracking import MlflowClient
-from ray.experimental.internal_kv import _internal_kv_get
-from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+from ray.util.placement_group import placement_group_table, remove_placement_group
 from ray.util.state import list_actors
 
 from reliscale.models import build_model
@@ -34,7 +33,7 @@ from reliscale.spec import expand, validate
 from reliscale.status import format_status, study_status
 from reliscale.study import StudyPaths, run_study
 from reliscale.tasks.icl import icl_metrics
-from reliscale.trainer import KV_NAMESPACE
+from reliscale.trainer import recorded_placement_group
 from scalinglaws.cli import main as fit_main
 
 from conftest import tiny_icl_spec
@@ -179,11 +178,8 @@ def test_a_trial_whose_train_controller_is_killed_gets_its_cpus_back_and_finishe
     key = f"{trial.study}/{trial.trial_id}"
     killed, leaked = [], []
 
-    def group(pg_id: bytes) -> PlacementGroup:
-        return PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id.decode())))
-
     def kill_the_controller_then_wait_for_the_retrys_workers():
-        while not (first := _internal_kv_get(key, namespace=KV_NAMESPACE)):
+        while not (first := recorded_placement_group(key)):
             time.sleep(0.2)
         (controller,) = list_actors(filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE")],
                                     detail=True)
@@ -191,12 +187,12 @@ def test_a_trial_whose_train_controller_is_killed_gets_its_cpus_back_and_finishe
         killed.append(first)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            now = _internal_kv_get(key, namespace=KV_NAMESPACE)
-            if now and now != first and placement_group_table(group(now)).get("state") == "CREATED":
+            now = recorded_placement_group(key)
+            if now and now != first and placement_group_table(now).get("state") == "CREATED":
                 return
             time.sleep(0.5)
         leaked.append(first)
-        remove_placement_group(group(first))  # so that the study ends and the test fails instead of hanging
+        remove_placement_group(first)  # so that the study ends and the test fails instead of hanging
 
     watcher = threading.Thread(target=kill_the_controller_then_wait_for_the_retrys_workers, daemon=True)
     watcher.start()
@@ -206,5 +202,5 @@ def test_a_trial_whose_train_controller_is_killed_gets_its_cpus_back_and_finishe
     assert not [r for r in results if r.error]
     _, runs = child_runs(spec, tmp_path)
     assert [r.info.status for r in runs.values()] == ["FINISHED"]
-    assert placement_group_table(group(killed[0]))["state"] == "REMOVED"
-    assert _internal_kv_get(key, namespace=KV_NAMESPACE) is None
+    assert placement_group_table(killed[0])["state"] == "REMOVED"
+    assert recorded_placement_group(key) is None

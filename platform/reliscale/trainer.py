@@ -52,11 +52,15 @@ class RecordPlacementGroup(WorkerGroupCallback):
         _internal_kv_put(self.key, pg.id.hex(), overwrite=True, namespace=KV_NAMESPACE)
 
 
+def recorded_placement_group(key: str) -> PlacementGroup | None:
+    recorded = _internal_kv_get(key, namespace=KV_NAMESPACE)
+    return PlacementGroup(ray.PlacementGroupID(bytes.fromhex(recorded.decode()))) if recorded else None
+
+
 def remove_recorded_placement_group(key: str) -> None:
     """Remove the placement group recorded under `key`, if any; removing one already gone is a no-op."""
-    recorded = _internal_kv_get(key, namespace=KV_NAMESPACE)
-    if recorded:
-        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(recorded.decode()))))
+    if pg := recorded_placement_group(key):
+        remove_placement_group(pg)
         _internal_kv_del(key, namespace=KV_NAMESPACE)
 
 
