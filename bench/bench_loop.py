@@ -33,11 +33,12 @@ from record import machine, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 ENVIRONMENTS = ("plain", "ray", "ray+dashboard", "ray+idle helpers", "trial")
-# Actors that stay alive, mostly idle, while a trial trains: Tune's result queue (_QueueActor),
-# Ray Train's TrainController and SynchronizationActor; and, once per Ray cluster, Ray Train's
-# _AutoscalingCoordinatorActor (bench/platform.md has the census). Four a trial until 2026-12-02,
-# when trials stopped starting Ray Train's PlacementGroupCleaner (reliscale.trainer).
-HELPERS_PER_TRIAL = 3
+# Actors that stay alive, mostly idle, while a trial trains: Ray Train's SynchronizationActor;
+# and, once per Ray cluster, Ray Train's _AutoscalingCoordinatorActor (bench/platform.md has the
+# census). Four a trial on 2026-12-02 until trials stopped starting Ray Train's
+# PlacementGroupCleaner, three until their controller ran in the Tune trial actor, which took
+# Tune's result queue (_QueueActor) along (reliscale.trainer).
+HELPERS_PER_TRIAL = 1
 HELPERS_PER_STUDY = 1
 
 

@@ -1,4 +1,4 @@
-"""The Tune trial actor and the Train controller build and unpickle the trainer and never touch
+"""The Tune trial actor, which runs the Train controller, builds and unpickles the trainer and never touches
 a tensor: what they import must not pull in torch (~2 CPU-s per process per trial). The trainer
 starts no helper actor that a trial has no use for, and its controller polls the workers often
 enough that short trials do not wait on it. A worker imports the training stack without the

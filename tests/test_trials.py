@@ -80,11 +80,13 @@ def test_grid_of_2x2_trials_logs_one_child_run_each_with_full_histories(ray_sess
         names = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
         assert "eval/icl_curve_id.png" in names and "eval/icl_curve_id.csv" in names
 
-    # each trial's Ray Train run started its helper actors but not the three it does without
-    # (reliscale.trainer), and left no placement group holding CPUs
+    # each trial's Ray Train run started its workers and the one helper they synchronise through,
+    # none of the five actors a trial does without (reliscale.trainer), and left no placement
+    # group holding CPUs
     started = {a.class_name for a in list_actors(limit=1000, raise_on_missing_output=False)}
-    assert "TrainController" in started, started
-    assert not {"DatasetManager", "PreemptionWatcher", "PlacementGroupCleaner"} & started, started
+    assert {"RayTrainWorker", "SynchronizationActor"} <= started, started
+    assert not {"TrainController", "_QueueActor", "DatasetManager", "PreemptionWatcher",
+                "PlacementGroupCleaner"} & started, started
     assert {pg["state"] for pg in placement_group_table().values()} == {"REMOVED"}
 
     # `reliscale status` reads the same store
@@ -166,11 +168,11 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
     assert steps == [32, 128, 512, 2048]
 
 
-def test_a_trial_whose_train_controller_is_killed_gets_its_cpus_back_and_finishes_on_retry(ray_session, tmp_path):
-    """The controller owns its workers' placement group, which lives as long as the job: killed, the
-    controller cannot remove it, and a group left holding 1.5 of the 2 CPUs would keep the retried
-    trial from ever starting. The trial actor removes it (reliscale.trainer)."""
-    doc = tiny_icl_spec("controller_killed")
+def test_a_trial_whose_actor_is_killed_gets_its_cpus_back_and_finishes_on_retry(ray_session, tmp_path):
+    """The trial actor runs the Train controller, which owns its workers' placement group; the group
+    lives as long as the job: killed, the actor cannot remove it, and a group left holding 1.5 of the
+    2 CPUs would keep the retried trial from ever starting. The retry removes it (reliscale.trainer)."""
+    doc = tiny_icl_spec("trial_killed")
     doc["data"]["sizes"] = [4096]
     doc["resources"] = {"workers": 1, "cpus_per_worker": 1.5, "max_concurrent_trials": 1}
     spec = validate(doc)
@@ -178,12 +180,12 @@ def test_a_trial_whose_train_controller_is_killed_gets_its_cpus_back_and_finishe
     key = f"{trial.study}/{trial.trial_id}"
     killed, leaked = [], []
 
-    def kill_the_controller_then_wait_for_the_retrys_workers():
+    def kill_the_trial_then_wait_for_the_retrys_workers():
         while not (first := recorded_placement_group(key)):
             time.sleep(0.2)
-        (controller,) = list_actors(filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE")],
-                                    detail=True)
-        os.kill(controller.pid, signal.SIGKILL)
+        alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
+        (trial_actor,) = [a for a in alive if a.class_name.endswith("ImplicitFunc")]  # Tune's function trainable
+        os.kill(trial_actor.pid, signal.SIGKILL)
         killed.append(first)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -194,7 +196,7 @@ def test_a_trial_whose_train_controller_is_killed_gets_its_cpus_back_and_finishe
         leaked.append(first)
         remove_placement_group(first)  # so that the study ends and the test fails instead of hanging
 
-    watcher = threading.Thread(target=kill_the_controller_then_wait_for_the_retrys_workers, daemon=True)
+    watcher = threading.Thread(target=kill_the_trial_then_wait_for_the_retrys_workers, daemon=True)
     watcher.start()
     results = run_study(spec, tmp_path, progress_interval_s=60)
     watcher.join(timeout=180)

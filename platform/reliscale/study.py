@@ -1,9 +1,10 @@
 """The study driver: a Ray Tune grid whose trials each fit a Ray Train trainer.
 
 Ray 2.60 runs Train V2, where `Tuner(TorchTrainer)` is refused; each Tune trial
-is therefore a function that builds and fits its own data-parallel trainer, forwarding
-the workers' reports to Tune with `TuneReportCallback`. The Tune trial holds a
-token 0.01 CPU; its workers hold the real resources.
+is therefore a function that builds and fits its own data-parallel trainer, whose
+controller runs in the trial and hands the workers' reports to Tune
+(`reliscale.trainer`). The Tune trial holds a token 0.01 CPU; its workers hold the
+real resources.
 
 Everything that can fail cheaply is checked before the first trial starts: the
 spec, the storage path, the tracking store and the cluster's size.

@@ -1,22 +1,28 @@
 """Ray Train's data-parallel trainer, set up for trials: short ones, many of them.
 
-Each fit of a `DataParallelTrainer` starts helper actors beside its controller and workers; each
-is one more Python process per trial that imports Ray Train (2-3 CPU-s), and while the trial
-trains it wakes ~100 times a second and slows the loop beside it (bench/platform.md,
-bench/loop.md). Three of them are left out:
+Each fit of a `DataParallelTrainer` starts a controller actor and helper actors beside its
+workers; each is one more Python process per trial that imports Ray Train (2-3 CPU-s), and while
+the trial trains it wakes ~100 times a second and slows the loop beside it (bench/platform.md,
+bench/loop.md). A trial's trainer does without five of them:
 
+- the TrainController runs in the Tune trial actor's own training thread (`TrialTrainer`), where
+  `fit` would only have waited for it; and so its reports reach Tune straight from that thread
+  (`ReportToTune`), without the queue actor Tune puts between two actors (`TuneReportCallback`).
+  The workers' handle to "the controller" is then the trial actor: `ray.train` calls that ask the
+  controller for past checkpoints (`get_all_reported_checkpoints`) are not available in a trial;
 - the DatasetManager, started whether or not there are datasets, hands out Ray Data shards: a
-  trial passes none (its task samplers run inside the workers), so its callback is left out.
-  Ray 2.60 builds the callbacks in a private method, so this follows Ray's pin in pyproject.toml;
+  trial passes none (its task samplers run inside the workers), so its callback is left out;
 - the PreemptionWatcher observes node drains (spot reclaims), which the worker-group restart
   from the last checkpoint handles anyway. RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 turns it back on;
 - the PlacementGroupCleaner, a detached actor that asks the State API every second whether the
   controller lives, to remove the workers' placement group should the controller die without
   removing it (a placement group lives as long as the job, not its creator). It cost a lone
   trial's loop 7 % (bench/platform.md). In its place the controller records the placement group
-  in Ray's KV store (`RecordPlacementGroup`), and the Tune trial actor, which owns the controller,
-  removes it after `fit` and before a retried trial's `fit` (`remove_recorded_placement_group`):
-  no process, no polling.
+  in Ray's KV store (`RecordPlacementGroup`), and the trial removes it after `fit` and before a
+  retried trial's `fit` (`remove_recorded_placement_group`): no process, no polling.
+
+Ray 2.60 builds the controller and its callbacks in private methods, so this follows Ray's pin in
+pyproject.toml.
 
 The controller collects its workers' reports by polling them, every 2 s by default. A worker's
 result queue holds one report, so a report made less than 2 s after the previous one waits, and
@@ -27,14 +33,19 @@ RAY_TRAIN_HEALTH_CHECK_INTERVAL_S set by the user wins.
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import ray
+import ray.tune
 from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get, _internal_kv_put
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+from ray.train.v2._internal.execution.controller import TrainController
+from ray.train.v2.api.callback import UserCallback
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+from ray.train.v2.api.result import Result
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 KV_NAMESPACE = "reliscale.placement_groups"
@@ -64,6 +75,13 @@ def remove_recorded_placement_group(key: str) -> None:
         _internal_kv_del(key, namespace=KV_NAMESPACE)
 
 
+class ReportToTune(UserCallback):
+    """Hands each report of the workers (rank 0's metrics) to the Tune trial the controller runs in."""
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        ray.tune.report(metrics[0])
+
+
 class TrialTrainer(DataParallelTrainer):
     def __init__(self, *args, placement_group_key: str, **kwargs):
         # read from the environment when the controller is created, i.e. in `fit`; Ray Train
@@ -79,3 +97,8 @@ class TrialTrainer(DataParallelTrainer):
         if self.datasets:
             return callbacks
         return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs) -> Result:
+        controller = TrainController(**controller_init_kwargs)
+        asyncio.run(controller.run())
+        return controller.get_result()

@@ -3,7 +3,8 @@
 Kept light on purpose: the Tune trial actor imports this module, and the
 workers import the heavy training stack (torch, DeepSpeed, transformers) only
 inside `worker_loop`; the trainer's backend (`rendezvous.EnvRendezvous`) is torch-free
-too, so neither the trial actor nor the Train controller imports torch.
+too, so the trial actor, which also runs the Train controller (`reliscale.trainer`), never
+imports torch.
 """
 
 from __future__ import annotations
@@ -50,13 +51,12 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
     if config["trial_id"] in finished:
         return
     import ray.train
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from reliscale.rendezvous import EnvRendezvous
-    from reliscale.trainer import TrialTrainer, remove_recorded_placement_group
+    from reliscale.trainer import ReportToTune, TrialTrainer, remove_recorded_placement_group
 
     trial = trials[config["trial_id"]]
-    # the workers' placement group of an earlier try whose trial actor died, taking its controller along
+    # the workers' placement group of an earlier try whose trial actor died with its controller in it
     placement_group_key = f"{trial.study}/{trial.trial_id}"
     remove_recorded_placement_group(placement_group_key)
     r = trial.spec.resources
@@ -73,7 +73,7 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
             name=trial.trial_id, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
+            callbacks=[ReportToTune()],
             # Ray Train's INFO lines (one per report, per rank) would bury the study's live view;
             # warnings and errors still reach the console, everything still reaches Ray's log files.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
@@ -81,5 +81,5 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
     )
     try:
         trainer.fit()
-    finally:  # left behind only by a controller that died
+    finally:  # left behind by a controller stopped before its own clean-up
         remove_recorded_placement_group(placement_group_key)
