@@ -2,9 +2,8 @@
 
 The worker's DeepSpeed joins the process group itself (`engine.init_deepspeed_comm`, the
 env:// rendezvous torchrun uses). Ray's TorchConfig would create the group for us, but it
-lives in `ray.train.torch`, which imports torch into the Tune trial actor and the Train
-controller, two processes that never touch a tensor: ~2 CPU-s each per trial
-(bench/platform.md).
+lives in `ray.train.torch`, which imports torch into the Tune trial actor, where the Train
+controller runs and no tensor is ever touched: ~2 CPU-s per trial (bench/platform.md).
 """
 
 from __future__ import annotations
