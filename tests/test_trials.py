@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -171,20 +172,32 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
 def test_a_trial_whose_actor_is_killed_gets_its_cpus_back_and_finishes_on_retry(ray_session, tmp_path):
     """The trial actor runs the Train controller, which owns its workers' placement group; the group
     lives as long as the job: killed, the actor cannot remove it, and a group left holding 1.5 of the
-    2 CPUs would keep the retried trial from ever starting. The retry removes it (reliscale.trainer)."""
+    2 CPUs would keep the retried trial from ever starting. The retry removes it (reliscale.trainer).
+    Running the controller does not load torch into the trial actor, which never touches a tensor."""
     doc = tiny_icl_spec("trial_killed")
     doc["data"]["sizes"] = [4096]
     doc["resources"] = {"workers": 1, "cpus_per_worker": 1.5, "max_concurrent_trials": 1}
     spec = validate(doc)
     (trial,) = expand(spec)
     key = f"{trial.study}/{trial.trial_id}"
-    killed, leaked = [], []
+    killed, leaked, torch_mapped = [], [], []
+
+    def maps_torch(pid: int) -> bool:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
     def kill_the_trial_then_wait_for_the_retrys_workers():
         while not (first := recorded_placement_group(key)):
             time.sleep(0.2)
-        alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
+            workers = [a for a in alive if a.class_name == "RayTrainWorker"]
+            if workers and maps_torch(workers[0].pid):
+                break
+            time.sleep(0.2)
         (trial_actor,) = [a for a in alive if a.class_name.endswith("ImplicitFunc")]  # Tune's function trainable
+        # the worker has torch loaded; the trial actor, whose controller started that worker, must not
+        torch_mapped.append((bool(workers) and maps_torch(workers[0].pid), maps_torch(trial_actor.pid)))
         os.kill(trial_actor.pid, signal.SIGKILL)
         killed.append(first)
         deadline = time.monotonic() + 120
@@ -201,6 +214,7 @@ def test_a_trial_whose_actor_is_killed_gets_its_cpus_back_and_finishes_on_retry(
     results = run_study(spec, tmp_path, progress_interval_s=60)
     watcher.join(timeout=180)
     assert killed and not leaked
+    assert torch_mapped == [(True, False)]  # (worker, trial actor)
     assert not [r for r in results if r.error]
     _, runs = child_runs(spec, tmp_path)
     assert [r.info.status for r in runs.values()] == ["FINISHED"]
