@@ -192,12 +192,12 @@ def test_a_trial_whose_actor_is_killed_gets_its_cpus_back_and_finishes_on_retry(
         while time.monotonic() < deadline:
             alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
             workers = [a for a in alive if a.class_name == "RayTrainWorker"]
-            if workers and maps_torch(workers[0].pid):
+            if worker_has_torch := bool(workers) and maps_torch(workers[0].pid):
                 break
             time.sleep(0.2)
         (trial_actor,) = [a for a in alive if a.class_name.endswith("ImplicitFunc")]  # Tune's function trainable
         # the worker has torch loaded; the trial actor, whose controller started that worker, must not
-        torch_mapped.append((bool(workers) and maps_torch(workers[0].pid), maps_torch(trial_actor.pid)))
+        torch_mapped.append((worker_has_torch, maps_torch(trial_actor.pid)))
         os.kill(trial_actor.pid, signal.SIGKILL)
         killed.append(first)
         deadline = time.monotonic() + 120
