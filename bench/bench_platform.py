@@ -11,10 +11,14 @@ so b / a2 is the platform's cost alone and b / a what a researcher gains or lose
 one-process loop.
 
     .venv/bin/python bench/bench_platform.py [--sizes 3.2e4,6.4e4] [--model S1] [--set KEY=VALUE ...]
-        [--out bench/platform.md]
+        [--repeats 1] [--out bench/platform.md]
 
 `--set` overrides any other key of the job, as `reliscale submit --set` does (e.g. one worker
 with both cores: `--set resources.workers=1 --set resources.cpus_per_worker=1.99 --set train.zero_stage=0`).
+
+On a shared machine the plain loop alone moves 15-23 % between runs minutes apart, so a ratio from
+one round of (a) then (b) carries that drift: `--repeats N` runs N rounds, alternating which of the
+two goes first, and reports each round and the median ratio.
 
 Each run is appended to the output file, so earlier runs stay beside the new one.
 """
@@ -26,6 +30,7 @@ import concurrent.futures
 import datetime
 import multiprocessing
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -86,41 +91,63 @@ def plain_side_by_side(trials, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="3.2e4,6.4e4")
-    ap.add_argument("--model", default="S1")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--out", default="bench/platform.md")
-    args = ap.parse_args()
-    import ray
-
-    from reliscale.spec import expand, load_spec
-    from reliscale.study import StudyPaths, run_study
-    from reliscale.tracking import StudyRuns
-
-    overrides = [f"data.sizes=[{args.sizes}]", f"model.sizes=[{args.model}]", "resources.max_concurrent_trials=1",
-                 "name=bench_platform", *args.set]
-    spec = load_spec(REPO / "jobs" / "icl_smoke.yaml", overrides)
-    trials = expand(spec)
-
-    load_before = os.getloadavg()
+def plain_round(trials, concurrent_trials: int) -> tuple[dict[str, float], float | None]:
+    """(a) every trial's plain loop, one process of 2 threads; (a2) with N > 1, N one-thread processes."""
     torch.set_num_threads(2)
     plain = {t.trial_id: plain_loop(t) for t in trials}
     torch.set_num_threads(1)
-    concurrent_trials = spec.resources.max_concurrent_trials
-    side_by_side = plain_side_by_side(trials, concurrent_trials) if concurrent_trials > 1 else None
+    return plain, plain_side_by_side(trials, concurrent_trials) if concurrent_trials > 1 else None
+
+
+def platform_round(spec) -> tuple[float, float, dict[str, float], dict[str, dict[str, float]]]:
+    """(b) the grid as a reliscale study on a fresh local Ray: Ray's start, the total, each trial's
+    wall time and its logged `time/*` metrics."""
+    import ray
+
+    from reliscale.study import StudyPaths, run_study
+    from reliscale.tracking import StudyRuns
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         # A fresh local cluster (never one another user started on this machine), short temp dir.
         ray.init(address="local", _temp_dir="/tmp/rs_bench", runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
         ray_start = time.perf_counter() - t0
-        results = run_study(spec, Path(tmp), progress_interval_s=3600)
-        platform_total = time.perf_counter() - t0
+        try:
+            results = run_study(spec, Path(tmp), progress_interval_s=3600)
+            total = time.perf_counter() - t0
+        finally:
+            ray.shutdown()
         assert not [r for r in results if r.error]
         runs = StudyRuns(StudyPaths(spec, Path(tmp)).tracking_uri, spec.name).trial_runs()
-        trial_wall = {r.config["trial_id"]: r.metrics["time_total_s"] for r in results}
+        wall = {r.config["trial_id"]: r.metrics["time_total_s"] for r in results}
+        metrics = {trial_id: dict(run.data.metrics) for trial_id, run in runs.items()}
+    return ray_start, total, wall, metrics
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="3.2e4,6.4e4")
+    ap.add_argument("--model", default="S1")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds of (a) and (b), their order alternating: (a) first in the first round")
+    ap.add_argument("--out", default="bench/platform.md")
+    args = ap.parse_args()
+    from reliscale.spec import expand, load_spec
+
+    overrides = [f"data.sizes=[{args.sizes}]", f"model.sizes=[{args.model}]", "resources.max_concurrent_trials=1",
+                 "name=bench_platform", *args.set]
+    spec = load_spec(REPO / "jobs" / "icl_smoke.yaml", overrides)
+    trials = expand(spec)
+    concurrent_trials = spec.resources.max_concurrent_trials
+
+    load_before = os.getloadavg()
+    rounds = []
+    for i in range(args.repeats):
+        done = {}
+        for part in (("a", "b") if i % 2 == 0 else ("b", "a")):
+            done[part] = plain_round(trials, concurrent_trials) if part == "a" else platform_round(spec)
+        rounds.append(done)
 
     r = spec.resources
     sets = "".join(f" --set {kv}" for kv in args.set)
@@ -131,30 +158,41 @@ def main() -> None:
         "## Run of " + f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n",
         f"- load average (1/5/15 min) at start / end: {load} on {os.cpu_count()} cores (shared machine)",
         f"- machine: {machine()}, torch {torch.__version__}",
-        f"- command: `.venv/bin/python bench/bench_platform.py --sizes {args.sizes} --model {args.model}{sets}`",
+        f"- command: `.venv/bin/python bench/bench_platform.py --sizes {args.sizes} --model {args.model}{sets}"
+        + (f" --repeats {args.repeats}`" if args.repeats > 1 else "`"),
         f"- grid: jobs/icl_smoke.yaml with the sizes above, {together}; (a) one process, 2 torch "
         f"threads; (b) {r.workers} Ray Train worker(s) x {r.cpus_per_worker:g} CPU, DeepSpeed "
-        f"ZeRO-{spec.train.zero_stage}, MLflow sqlite, checkpoint at every eval point\n",
-        "| trial | steps | (a) plain s | (b) trial wall s | ratio | setup s | DS init s | train s | "
+        f"ZeRO-{spec.train.zero_stage}, MLflow sqlite, checkpoint at every eval point"
+        + (f"; {args.repeats} rounds, (a) first in odd rounds, (b) first in even ones\n" if args.repeats > 1 else "\n"),
+        "| round | trial | steps | (a) plain s | (b) trial wall s | ratio | setup s | DS init s | train s | "
         "eval s | log s | ckpt+report s | outside loop s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for t in trials:
-        m = runs[t.trial_id].data.metrics
-        inside = m["time/setup_s"] + m["time/train_s"] + m["time/eval_s"] + m["time/log_s"] + \
-            m["time/checkpoint_report_s"]
-        wall = trial_wall[t.trial_id]
-        lines.append(f"| {t.trial_id} | {t.steps} | {plain[t.trial_id]:.1f} | {wall:.1f} | "
-                     f"{wall / plain[t.trial_id]:.2f} | " + " | ".join(f"{m[p]:.1f}" for p in PARTS)
-                     + f" | {wall - inside:.1f} |")
-    total_plain = sum(plain.values())
-    lines += ["", f"Ray start: {ray_start:.1f} s. Study total: (a) {total_plain:.1f} s, (b) {platform_total:.1f} s, "
-              f"ratio b/a = {platform_total / total_plain:.2f}; overhead per trial "
-              f"(b - a) / trials = {(platform_total - total_plain) / len(trials):.1f} s."]
-    if side_by_side is not None:
-        lines[-1] += (f" (a2) the plain loops as {concurrent_trials} one-thread processes side by side: "
-                      f"{side_by_side:.1f} s, ratio b/a2 = {platform_total / side_by_side:.2f}; "
-                      f"(b - a2) / trials = {(platform_total - side_by_side) / len(trials):.1f} s.")
+    summary, study_ratios, trial_ratios = [], [], {t.trial_id: [] for t in trials}
+    for i, done in enumerate(rounds, 1):
+        (plain, side_by_side), (ray_start, total, wall, metrics) = done["a"], done["b"]
+        for t in trials:
+            m = metrics[t.trial_id]
+            inside = sum(m[p] for p in PARTS if p != "time/deepspeed_init_s")  # DS init is inside setup
+            ratio = wall[t.trial_id] / plain[t.trial_id]
+            trial_ratios[t.trial_id].append(ratio)
+            lines.append(f"| {i} | {t.trial_id} | {t.steps} | {plain[t.trial_id]:.1f} | {wall[t.trial_id]:.1f} | "
+                         f"{ratio:.2f} | " + " | ".join(f"{m[p]:.1f}" for p in PARTS)
+                         + f" | {wall[t.trial_id] - inside:.1f} |")
+        total_plain = sum(plain.values())
+        study_ratios.append(total / total_plain)
+        line = (f"Round {i}: Ray start {ray_start:.1f} s. Study total: (a) {total_plain:.1f} s, (b) {total:.1f} s, "
+                f"ratio b/a = {total / total_plain:.2f}; overhead per trial "
+                f"(b - a) / trials = {(total - total_plain) / len(trials):.1f} s.")
+        if side_by_side is not None:
+            line += (f" (a2) the plain loops as {concurrent_trials} one-thread processes side by side: "
+                     f"{side_by_side:.1f} s, ratio b/a2 = {total / side_by_side:.2f}; "
+                     f"(b - a2) / trials = {(total - side_by_side) / len(trials):.1f} s.")
+        summary.append(line)
+    lines += ["", *summary]
+    if args.repeats > 1:
+        lines += ["", f"Median over {args.repeats} rounds: study b/a {statistics.median(study_ratios):.2f}; "
+                  + "; ".join(f"{tid} {statistics.median(v):.2f}" for tid, v in trial_ratios.items()) + "."]
     out = Path(args.out)
     old = out.read_text() if out.exists() else "# Platform overhead: plain PyTorch loop vs reliscale\n"
     out.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")  # runs accumulate, newest last
