@@ -41,3 +41,12 @@ def test_view_prints_counts_and_running_trials(capsys):
     out = capsys.readouterr().out
     assert "[reliscale study1]" in out and "done 1/2  running 1  pending 0" in out and "| hello" in out
     assert "t2" in out and "4 / 10" in out and "train/loss 0.5" in out
+
+
+def test_trials_tune_has_not_created_yet_count_as_pending(capsys):
+    flops = {f"t{i}": 1.0 for i in range(5)}
+    view = ProgressView("study1", flops, {k: 10 for k in flops}, concurrency=2)
+    trials = [TrialState("TERMINATED", {"trial_id": "t0"}), TrialState("RUNNING", {"trial_id": "t1"}),
+              TrialState("RUNNING", {"trial_id": "t2"})]  # t3, t4: not handed to Tune's runner yet
+    view._print(trials)
+    assert "done 1/5  running 2  pending 2  errors 0" in capsys.readouterr().out

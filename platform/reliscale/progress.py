@@ -93,9 +93,10 @@ class ProgressView(tune.Callback):
     def _print(self, trials, event: str = "") -> None:
         self.last_print = time.monotonic()
         elapsed = self.last_print - self.t0
+        states = {self._id(t): STATE.get(t.status, t.status.lower()) for t in trials}
         counts = {v: 0 for v in STATE.values()}
-        for t in trials:
-            state = STATE.get(t.status, t.status.lower())
+        for tid in self.flops:  # Tune creates a grid's trials only as slots free up: the rest are pending
+            state = states.get(tid, "pending")
             counts[state] = counts.get(state, 0) + 1
         frac = self.fraction_done()
         eta = self.eta_s()
