@@ -40,6 +40,19 @@ def test_shapes_and_dtypes(tmp_path):
         task.split("train")
 
 
+def test_fewshot_task_holds_every_digit_in_its_support_pool_and_its_queries(tmp_path):
+    task = ImageTask(seed=0, train_size=64, eval_size=300, cache_dir=tmp_path)
+    xs, ys, xq, yq = task.fewshot()
+    assert xs.shape == (images.SUPPORT_POOL, 1, 1, 40) and xq.shape == (300, 1, 1, 40)
+    assert set(yq) == set(range(10))
+    assert np.bincount(ys, minlength=10).min() >= 25 * 2  # 25 shots, room for draws to differ
+    x_id, _ = task.split("id")
+    assert not np.isin(xq[:, 0, 0, 0], x_id[:, 0, 0, 0]).any()  # its own stream, not the id split's
+    again = ImageTask(seed=0, train_size=64, eval_size=300, cache_dir=tmp_path / "b").fewshot()
+    for a, b in zip((xs, ys, xq, yq), again, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_second_load_reads_the_cache_file(tmp_path, monkeypatch):
     first = ImageTask(seed=0, train_size=64, eval_size=32, cache_dir=tmp_path)
     x, _ = first.split("noise")

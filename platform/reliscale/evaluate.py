@@ -45,16 +45,17 @@ def _shard(arrays: dict[str, np.ndarray], rank: int, world: int) -> dict[str, np
 
 
 @torch.no_grad()
-def predict_split(model, arrays: dict[str, np.ndarray], device, rank: int,
-                  world: int) -> np.ndarray | dict[str, np.ndarray] | None:
-    """Predictions of the whole split on rank 0 (None elsewhere)."""
+def predict_split(model, arrays: dict[str, np.ndarray], device, rank: int, world: int,
+                  method: str = "predict") -> np.ndarray | dict[str, np.ndarray] | None:
+    """`model.<method>` of the whole split on rank 0 (None elsewhere)."""
     n = len(next(iter(arrays.values())))
     shard = _shard(arrays, rank, world)
     outs = []
     m = len(next(iter(shard.values())))
+    fn = getattr(model, method)
     for i in range(0, m, EVAL_CHUNK):
         batch = {k: torch.as_tensor(v[i:i + EVAL_CHUNK], device=device) for k, v in shard.items()}
-        outs.append(model.predict(batch))
+        outs.append(fn(batch))
     if isinstance(outs[0], torch.Tensor):
         return _gather(torch.cat(outs).float().cpu().numpy(), n)
     # A head's Prediction(probs, variance): gather each field.
@@ -143,17 +144,19 @@ GP_FIT_EXAMPLES = 2048  # training examples whose features form the GP head's La
 
 
 class ClassificationEvaluator:
-    """Plex's reliability metrics on the in-distribution, shifted and OOD splits.
+    """Plex's reliability metrics on the in-distribution, shifted and OOD splits, and few-shot.
 
     Logged per split: accuracy, NLL, Brier, ECE (equal-width and equal-mass), calibration
     AUROC, AURC, selective accuracy; on shifted splits also the gap to `id`; on `ood` the
-    detection metrics (MSP, entropy and, for a GP head, variance as the score); and the
-    worst class and worst shifted split.
+    detection metrics (MSP, entropy and, for a GP head, variance as the score); the worst
+    class and worst shifted split; on `fewshot` the linear probe's accuracy at every k
+    (`reliscale.fewshot`), overall and on the classes training never showed.
     """
 
     def __init__(self, stream, splits: tuple[str, ...], metrics: tuple[str, ...] | None):
         self.stream, self.metrics = stream, metrics
-        self.splits = {name: stream.task.split(name) for name in splits}
+        self.splits = {name: stream.task.split(name) for name in splits if name != "fewshot"}
+        self.fewshot = stream.task.fewshot() if "fewshot" in splits else None
         self.predictions: dict[str, dict[str, np.ndarray]] = {}
 
     def _fit_gp_precision(self, model, device, rank: int, world: int) -> None:
@@ -176,6 +179,10 @@ class ClassificationEvaluator:
             self._fit_gp_precision(model, device, rank, world)
         preds = {name: predict_split(model, {"x": x}, device, rank, world)
                  for name, (x, _) in self.splits.items()}
+        features = None
+        if self.fewshot is not None:
+            xs, _, xq, _ = self.fewshot
+            features = tuple(predict_split(model, {"x": x}, device, rank, world, "features") for x in (xs, xq))
         if rank != 0:
             return {}
         self.predictions = {name: {**p, "labels": self.splits[name][1]} for name, p in preds.items()}
@@ -200,7 +207,18 @@ class ClassificationEvaluator:
         shifted_acc = [out[f"eval/{n}/accuracy"] for n in preds if n not in ("id", "ood")]
         if shifted_acc:
             out["eval/shifted/worst_split_accuracy"] = min(shifted_acc)
+        if features is not None:
+            out.update({f"eval/fewshot/{k}": v for k, v in self._fewshot(*features).items()})
         return {k: v for k, v in out.items() if _wanted(k.rsplit("/", 1)[1], self.metrics)}
+
+    def _fewshot(self, support: np.ndarray, query: np.ndarray) -> dict[str, float]:
+        from reliscale.fewshot import fewshot_metrics
+        from reliscale.tasks.images import OOD_CLASSES
+
+        _, ys, _, yq = self.fewshot
+        metrics, preds = fewshot_metrics(support, ys, query, yq, OOD_CLASSES, self.stream.task.seed)
+        self.predictions["fewshot"] = {"predictions": preds, "labels": yq}
+        return metrics
 
     def write_artifacts(self, folder: Path) -> list[Path]:
         """Reliability diagram and risk-coverage plot of `id`, and every split's predictions."""

@@ -10,7 +10,9 @@ its own statistics (which would undo an amplitude shift) and cannot change one f
 time. Signals are divided by one fixed constant, the same for every split.
 
 Layout: the training classes are digits 0-7; the ``ood`` split holds the unseen digits
-8 and 9 (its labels are those digits, never valid classes). The covariate-shift splits
+8 and 9 (its labels are those digits, never valid classes). The few-shot task (``fewshot``)
+is 10-way over all digits, rendered as in distribution: a support pool to draw k labelled
+examples per digit from, and a query set, each from its own stream. The covariate-shift splits
 re-render the *same* examples as ``id`` (same digits, labels and random draws) with one
 generative factor moved outside its training range:
 
@@ -40,13 +42,15 @@ from reliscale.tasks.cache import cached_arrays, default_cache_dir
 VERSION = 1  # bump when the generator changes: it names the cache files
 ID_CLASSES = tuple(range(8))
 OOD_CLASSES = (8, 9)
+ALL_CLASSES = ID_CLASSES + OOD_CLASSES
 NUM_CLASSES = len(ID_CLASSES)
 TEMPLATE_LEN = 12
 GRID_LEN = 72  # template + the largest training padding, as mnist1d
 SIGNAL_LEN = 40
 RAW_STD = 0.156  # std of the raw in-distribution signal (measured on 1e5 examples)
 CHUNK = 1024
-TRAIN_STREAM, TEST_STREAM, OOD_STREAM, EPOCH_STREAM = 0, 1, 2, 3
+TRAIN_STREAM, TEST_STREAM, OOD_STREAM, EPOCH_STREAM, QUERY_STREAM, SUPPORT_STREAM = range(6)
+SUPPORT_POOL = 1000  # about 100 per digit: 25 shots x a few draws without exhausting a digit
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,12 @@ class ImageTask:
             raise ValueError(f"unknown split {name!r}; allowed: {', '.join(self.split_names)}")
         stream, classes = (OOD_STREAM, OOD_CLASSES) if name == "ood" else (TEST_STREAM, ID_CLASSES)
         return self._load(name, stream, self.eval_size, classes, SPLIT_FACTORS[name])
+
+    def fewshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The 10-way few-shot task: support pool x, y and query x, y (``eval_size`` examples)."""
+        xs, ys = self._load("fewshot_support", SUPPORT_STREAM, SUPPORT_POOL, ALL_CLASSES, ID_FACTORS)
+        xq, yq = self._load("fewshot_query", QUERY_STREAM, self.eval_size, ALL_CLASSES, ID_FACTORS)
+        return xs, ys, xq, yq
 
     def train_batch(
         self, step: int, rank: int, world_size: int, batch_size: int

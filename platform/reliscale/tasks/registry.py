@@ -49,6 +49,7 @@ CLASSIFICATION_METRICS = (
     "accuracy", "nll", "brier", "ece", "ece_mass", "calibration_auroc", "aurc",
     "sel_acc_50", "sel_acc_80", "sel_acc_90",
     "ood_auroc_msp", "ood_auroc_entropy", "ood_aupr_in", "ood_aupr_out", "fpr95", "ood_auroc_variance",
+    *(f"{kind}accuracy_{k}shot" for kind in ("", "unseen_") for k in (1, 5, 10, 25)),  # fewshot.SHOTS
 )
 TECHNIQUES = ("none", "batchensemble", "gp", "het")
 
@@ -59,10 +60,11 @@ TASKS: dict[str, TaskInfo] = {
         splits=("id", "ood_class", "wnorm", "xscale"), metrics=ICL_METRICS,
         function_classes=ICL_CLASSES, default_mixture={"dense_linear": 1.0},
     ),
-    # MNIST-1D, generated procedurally: in-distribution, covariate shifts and unseen classes.
+    # MNIST-1D, generated procedurally: in-distribution, covariate shifts, unseen classes, and
+    # few-shot adaptation to all ten digits.
     "mnist1d": TaskInfo(
         kind="classification", unit="examples", families=("vit", "encdec", "decoder"),
-        techniques=TECHNIQUES, splits=("id", "noise", "scale", "shift", "blur", "ood"),
+        techniques=TECHNIQUES, splits=("id", "noise", "scale", "shift", "blur", "ood", "fewshot"),
         metrics=CLASSIFICATION_METRICS,
     ),
     # Next-token prediction on a local token file or a seeded synthetic language.
