@@ -50,3 +50,14 @@ def test_trials_tune_has_not_created_yet_count_as_pending(capsys):
               TrialState("RUNNING", {"trial_id": "t2"})]  # t3, t4: not handed to Tune's runner yet
     view._print(trials)
     assert "done 1/5  running 2  pending 2  errors 0" in capsys.readouterr().out
+
+
+def test_a_trial_reported_complete_counts_as_done_before_tune_marks_it_terminated(capsys):
+    # Tune calls on_trial_complete while the trial's status is still RUNNING (seen in a real
+    # study: every "finished" line said one trial fewer done and listed the finished one as running).
+    view = ProgressView("study1", {"t1": 1.0, "t2": 1.0}, {"t1": 10, "t2": 10}, concurrency=2)
+    trials = [TrialState("RUNNING", {"trial_id": "t1"}), TrialState("RUNNING", {"trial_id": "t2"})]
+    view.on_trial_complete(0, trials, trials[0])
+    out = capsys.readouterr().out
+    assert "done 1/2  running 1  pending 0" in out and "| finished t1" in out
+    assert "    t1 " not in out and "    t2 " in out

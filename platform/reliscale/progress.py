@@ -31,6 +31,7 @@ class ProgressView(tune.Callback):
         self.concurrency, self.interval = concurrency, interval_s
         self.started: dict[str, float] = {}
         self.durations: dict[str, float] = {}
+        self.completed: set[str] = set()  # Tune calls on_trial_complete before the trial's status is TERMINATED
         self.seen: dict[str, int] = {}
         self.latest: dict[str, dict] = {}
         self.t0 = time.monotonic()
@@ -50,6 +51,7 @@ class ProgressView(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         tid = self._id(trial)
         self.seen[tid] = self.sizes[tid]
+        self.completed.add(tid)
         if tid in self.started:
             self.durations[tid] = time.monotonic() - self.started[tid]
         self._print(trials, f"finished {self._id(trial)}")
@@ -94,6 +96,7 @@ class ProgressView(tune.Callback):
         self.last_print = time.monotonic()
         elapsed = self.last_print - self.t0
         states = {self._id(t): STATE.get(t.status, t.status.lower()) for t in trials}
+        states.update(dict.fromkeys(self.completed, "done"))
         counts = {v: 0 for v in STATE.values()}
         for tid in self.flops:  # Tune creates a grid's trials only as slots free up: the rest are pending
             state = states.get(tid, "pending")
@@ -106,9 +109,9 @@ class ProgressView(tune.Callback):
                 f"compute {100 * frac:.0f}%  ETA {eta_s}")
         lines = [head + (f"  | {event}" if event else "")]
         for t in trials:
-            if t.status != "RUNNING":
-                continue
             tid = self._id(t)
+            if states[tid] != "running":
+                continue
             r = self.latest.get(tid, {})
             loss = r.get("train/loss")
             lines.append(f"    {tid:<40} {self.seen.get(tid, 0):>12,d} / {self.sizes[tid]:,d}"
