@@ -10,6 +10,7 @@ from reliscale.fewshot import SHOTS, fewshot_metrics, ridge_probe, support_sets
 from reliscale.models import build_model
 from reliscale.spec import expand, load_spec
 from reliscale.tasks import build_evaluator, build_task
+from reliscale.tasks.registry import CLASSIFICATION_METRICS
 
 
 def _reference_scores(xs, ys, xq, l2):
@@ -88,6 +89,7 @@ def test_evaluator_logs_fewshot_accuracy_that_training_improves(repo, tmp_path):
     after = evaluator.run(model, "cpu", 0, 1)
     for k in SHOTS:
         assert {f"eval/fewshot/accuracy_{k}shot", f"eval/fewshot/unseen_accuracy_{k}shot"} <= after.keys()
+        assert {f"accuracy_{k}shot", f"unseen_accuracy_{k}shot"} <= set(CLASSIFICATION_METRICS)  # a spec may name them
     # Measured: 0.30 -> 0.62 at 25 shots after 500 steps; 1,000 queries, standard error ~0.015.
     assert after["eval/fewshot/accuracy_25shot"] > before["eval/fewshot/accuracy_25shot"] + 0.1
     assert after["eval/fewshot/accuracy_25shot"] > after["eval/fewshot/accuracy_1shot"]
