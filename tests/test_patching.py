@@ -241,3 +241,25 @@ def test_checkpoints_of_every_zero_stage_below_3_read_back_as_the_engines_weight
     out = run_rank0_script(CHECKPOINT_SCRIPT, tmp_path)
     for stage in (0, 1, 2):
         assert f"ZERO{stage}_SAME=True" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+
+
+def test_the_patch_stage_leaves_out_bases_whose_trial_or_fine_tune_diverged(tmp_path, capsys):
+    from reliscale import tracking
+    from reliscale.patch_stage import _trained
+
+    doc = patch_doc()
+    doc["data"]["sizes"] = [256, 512, 1024]
+    spec = validate(doc)
+    bases = expand(spec)
+    p = spec.patch
+    fts = {b.trial_id: [finetune_trial(b, dict(p.tasks[0]), 0, p)] for b in bases}
+    runs = tracking.StudyRuns(f"sqlite:///{tmp_path / 'mlflow.db'}", spec.name, tmp_path / "artifacts")
+    ids = {t.trial_id: runs.trial_run(t, {}) for t in [*bases, *(f for fs in fts.values() for f in fs)]}
+    runs.client.set_tag(ids[bases[0].trial_id], tracking.OUTCOME, "diverged")  # a base
+    runs.client.set_tag(ids[fts[bases[1].trial_id][0].trial_id], tracking.OUTCOME, "diverged")  # a fine-tune
+
+    assert _trained(bases, runs, {}) == bases[1:]
+    assert _trained(bases, runs, fts) == bases[2:]
+    out = capsys.readouterr().out
+    assert f"not patching {bases[0].trial_id}: {bases[0].trial_id} diverged" in out
+    assert f"not patching {bases[1].trial_id}: {fts[bases[1].trial_id][0].trial_id} diverged" in out

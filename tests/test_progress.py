@@ -61,3 +61,15 @@ def test_a_trial_reported_complete_counts_as_done_before_tune_marks_it_terminate
     out = capsys.readouterr().out
     assert "done 1/2  running 1  pending 0" in out and "| finished t1" in out
     assert "    t1 " not in out and "    t2 " in out
+
+
+def test_a_diverged_trial_is_named_as_such_and_its_time_does_not_feed_the_eta(capsys):
+    view = ProgressView("study1", {"t1": 1.0, "t2": 1.0}, {"t1": 100, "t2": 100}, concurrency=1)
+    trials = [TrialState("RUNNING", {"trial_id": "t1"}), TrialState("RUNNING", {"trial_id": "t2"})]
+    view.on_trial_start(0, trials, trials[0])
+    view.on_trial_result(0, trials, trials[0], {"data_seen": 30, "diverged": "training loss nan"})
+    view.on_trial_complete(0, trials, trials[0])
+    out = capsys.readouterr().out
+    assert "errors 0  diverged 1  compute" in out
+    assert "| DIVERGED t1 at 30 / 100: training loss nan" in out
+    assert view.durations == {}

@@ -108,6 +108,18 @@ def test_final_points_take_each_metrics_last_logged_value():
     assert fp.loc[0, "data_seen"] == 30 and fp.loc[0, "train/loss"] == 2.0 and fp.loc[0, "eval/val/loss"] == 2.4
 
 
+def test_final_points_leave_out_trials_not_trained_through_their_budget():
+    # A running, failed or diverged trial's last point is at a smaller data size than its data_size.
+    df = pd.DataFrame({"trial_id": ["done", "done", "running", "diverged", "failed"],
+                       "status": ["FINISHED", "FINISHED", "RUNNING", "FINISHED", "FAILED"],
+                       "outcome": [np.nan, np.nan, np.nan, "diverged", np.nan],
+                       "data_seen": [10, 20, 10, 5, 10], "loss": [2.0, 1.0, 3.0, np.nan, 2.5]})
+    with pytest.warns(UserWarning, match=r"3 trial\(s\) left out .*: running \(RUNNING\), "
+                                         r"diverged \(diverged\), failed \(FAILED\)"):
+        fp = final_points(df)
+    assert fp["trial_id"].tolist() == ["done"] and fp.loc[0, "loss"] == 1.0
+
+
 def test_a_frame_without_trials_is_already_final():
     df = pd.DataFrame({"n_params": [1.0, 2.0], "loss": [3.0, 2.0]})
     pd.testing.assert_frame_equal(final_points(df), df)

@@ -36,6 +36,7 @@ from reliscale.study import StudyPaths, run_study
 from reliscale.tasks.icl import icl_metrics
 from reliscale.trainer import recorded_placement_group
 from scalinglaws.cli import main as fit_main
+from scalinglaws.load import final_points, load_study
 
 from conftest import tiny_icl_spec
 
@@ -104,6 +105,36 @@ def test_grid_of_2x2_trials_logs_one_child_run_each_with_full_histories(ray_sess
     assert code == 0  # one point per trial (its final eval): too few for the 5-parameter joint law
     fitted = json.loads(out.getvalue())
     assert fitted["n_points"] == 4 and set(fitted["params"]) == {"E", "A", "alpha"}
+
+
+@pytest.mark.parametrize("zero_stage,why", [(0, "training loss nan"), (2, "DeepSpeed skipped all")])
+def test_a_diverging_trial_stops_as_diverged_is_not_rerun_and_is_left_out_of_fits(ray_session, tmp_path,
+                                                                                   zero_stage, why):
+    # lr 1e4: without ZeRO the loss turns NaN; ZeRO-2's optimizer skips every step whose gradients
+    # are not finite, so its loss stays finite while the weights stop moving.
+    doc = tiny_icl_spec(f"diverge{zero_stage}", train={"zero_stage": zero_stage, "optimizer": {"lr": 1.0e4}})
+    doc["data"]["sizes"] = [1024]  # 32 steps, eval points after steps 1, 6 and 32
+    spec = validate(doc)
+    (result,) = run_study(spec, tmp_path, progress_interval_s=60)
+    assert result.error is None and why in result.metrics["diverged"]  # done, so Tune does not retry it
+    client, runs = child_runs(spec, tmp_path)
+    (run,) = runs.values()
+    assert run.info.status == "FINISHED" and run.data.tags["reliscale.outcome"] == "diverged"
+    assert why in run.data.tags["reliscale.diverged"]
+    stopped = run.data.metrics["train/diverged_at"]
+    assert stopped == 192 < 1024  # at the eval point after step 6, not after the whole budget
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert max(m.step for m in losses) == stopped
+    # logged at the one eval point before it (after step 1: 32 examples)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/skipped_steps")] == [32]
+
+    rows = study_status(spec, tmp_path)
+    assert rows[0]["state"] == "DIVERGED" and "0/1 trials finished, 1 diverged" in format_status(rows)
+    with pytest.warns(UserWarning, match="left out of the final points.*diverged"):
+        assert final_points(load_study(spec.name, StudyPaths(spec, tmp_path).tracking_uri)).empty
+
+    run_study(spec, tmp_path, progress_interval_s=60)  # a second run of the study trains nothing again
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == len(losses)
 
 
 def test_zero3_trial_with_activation_checkpointing_trains_checkpoints_every_rank_and_consolidates(ray_session, tmp_path):

@@ -8,13 +8,14 @@ mlflow.parentRunId and reliscale.trial_id; params are the trial's axes and sizes
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-ROLE, TRIAL_ID, PARENT = "reliscale.role", "reliscale.trial_id", "mlflow.parentRunId"
+ROLE, TRIAL_ID, PARENT, OUTCOME = "reliscale.role", "reliscale.trial_id", "mlflow.parentRunId", "reliscale.outcome"
 # Params that name things; every other param becomes numeric when all its values parse.
 LABEL_PARAMS = frozenset(
     {"trial_id", "family", "size", "size_enc", "size_dec", "data_unit", "task",
@@ -23,8 +24,8 @@ LABEL_PARAMS = frozenset(
 
 
 def load_study(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
-    """All trials of study `experiment`: columns run_id, parent_run_id, status, the trial
-    params, data_seen (the metric step) and one column per metric key (NaN where a key was
+    """All trials of study `experiment`: columns run_id, parent_run_id, status, outcome
+    ("diverged" for a trial the platform stopped on a non-finite loss, else NaN), the trial params, data_seen (the metric step) and one column per metric key (NaN where a key was
     not logged at that step). A (key, step) logged twice keeps its last value."""
     from mlflow.tracking import MlflowClient
 
@@ -56,10 +57,10 @@ def _params_frame(runs: list[Any]) -> pd.DataFrame:
     """One row per run: ids, status and params (numeric where every value parses)."""
     params = pd.DataFrame([
         {"run_id": r.info.run_id, "parent_run_id": r.data.tags.get(PARENT), "status": r.info.status,
-         **r.data.params, "trial_id": r.data.params.get("trial_id", r.data.tags.get(TRIAL_ID))}
+         "outcome": r.data.tags.get(OUTCOME, np.nan), **r.data.params, "trial_id": r.data.params.get("trial_id", r.data.tags.get(TRIAL_ID))}
         for r in runs
     ])
-    for col in params.columns.difference(["run_id", "parent_run_id", "status", *LABEL_PARAMS]):
+    for col in params.columns.difference(["run_id", "parent_run_id", "status", "outcome", *LABEL_PARAMS]):
         params[col] = _maybe_numeric(params[col])
     return params
 
@@ -102,12 +103,35 @@ def trial_key(df: pd.DataFrame) -> str | None:
 def final_points(df: pd.DataFrame) -> pd.DataFrame:
     """One row per trial at its largest data_seen, each metric at its last logged value
     (so metrics logged at slightly different steps still land on the same row).
-    Frames without data_seen or a trial column are already one row per trial."""
+    Frames without data_seen or a trial column are already one row per trial.
+
+    Only trials that trained their whole budget have a final point: where the frame says
+    (`load_study`'s status and outcome columns), trials still running, failed or diverged are
+    left out with a warning naming them; their last point belongs to a smaller data size
+    than their data_size says."""
     key = trial_key(df)
     if key is None or "data_seen" not in df.columns:
         return df.reset_index(drop=True)
+    df = _trained_through(df, key)
     ordered = df.sort_values([key, "data_seen"], kind="stable")
     return ordered.groupby(key, as_index=False, sort=False, dropna=False).last().reset_index(drop=True)
+
+
+def _trained_through(df: pd.DataFrame, key: str) -> pd.DataFrame:
+    keep = pd.Series(True, index=df.index)
+    if "status" in df.columns:
+        keep &= df["status"].fillna("FINISHED").eq("FINISHED")
+    if "outcome" in df.columns:
+        keep &= ~df["outcome"].eq("diverged")
+    if keep.all():
+        return df
+    name = "trial_id" if "trial_id" in df.columns else key
+    left = df.loc[~keep].drop_duplicates(key)
+    why = [f"{row[name]} ({'diverged' if row.get('outcome') == 'diverged' else row.get('status')})"
+           for _, row in left.iterrows()]
+    warnings.warn(f"{len(why)} trial(s) left out of the final points, not trained through their budget: "
+                  + ", ".join(why), stacklevel=3)
+    return df.loc[keep]
 
 
 def from_csv(path: str | Path) -> pd.DataFrame:

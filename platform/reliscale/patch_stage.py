@@ -126,6 +126,21 @@ def sweep_params(base_id: str, finetuned: list[str], p: PatchSpec, stage: int, t
             "tasks": ",".join(tasks), "heldout": "eval split of seed + patching.HELDOUT_SEED"}
 
 
+def _trained(bases: list[TrialConfig], runs: tracking.StudyRuns,
+             finetunes: dict[str, list[TrialConfig]]) -> list[TrialConfig]:
+    """The bases whose own trial and fine-tunes did not diverge: a diverged model has nothing to patch."""
+    diverged = {tid for tid, run in runs.trial_runs().items()
+                if run.data.tags.get(tracking.OUTCOME) == "diverged"}
+    kept = []
+    for b in bases:
+        bad = [t for t in [b.trial_id, *(f.trial_id for f in finetunes.get(b.trial_id, []))] if t in diverged]
+        if bad:
+            print(f"[reliscale {b.study}] not patching {b.trial_id}: {', '.join(bad)} diverged", flush=True)
+        else:
+            kept.append(b)
+    return kept
+
+
 def run_patch_stage(spec: StudySpec, trials: list[TrialConfig], paths, runs: tracking.StudyRuns,
                     progress_interval_s: float) -> list:
     """Fine-tune every selected trial, sweep α per trial; returns the fine-tunes' Tune results."""
@@ -136,7 +151,7 @@ def run_patch_stage(spec: StudySpec, trials: list[TrialConfig], paths, runs: tra
     from reliscale.study import fit_trials
 
     p = spec.patch
-    bases = [t for t in trials if p.trials is None or t.trial_id in p.trials]
+    bases = _trained([t for t in trials if p.trials is None or t.trial_id in p.trials], runs, {})
     current = {b.trial_id: str(final_checkpoint(paths.trials_dir / b.trial_id)) for b in bases}
     r = spec.resources
     remote_sweep = ray.remote(sweep_checkpoints).options(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker)
@@ -161,6 +176,7 @@ def run_patch_stage(spec: StudySpec, trials: list[TrialConfig], paths, runs: tra
         results += stage_results
         if [res for res in stage_results if res.error]:
             return results
+        bases = _trained(bases, runs, fts)
 
         patched += stage.tasks
         todo = {}

@@ -32,6 +32,7 @@ class ProgressView(tune.Callback):
         self.started: dict[str, float] = {}
         self.durations: dict[str, float] = {}
         self.completed: set[str] = set()  # Tune calls on_trial_complete before the trial's status is TERMINATED
+        self.diverged: dict[str, str] = {}  # trial -> why, from the trial's last report
         self.seen: dict[str, int] = {}
         self.latest: dict[str, dict] = {}
         self.t0 = time.monotonic()
@@ -47,14 +48,17 @@ class ProgressView(tune.Callback):
         tid = self._id(trial)
         self.seen[tid] = int(result.get("data_seen", 0))
         self.latest[tid] = result
+        if result.get("diverged"):
+            self.diverged[tid] = f"at {self.seen[tid]:,d} / {self.sizes[tid]:,d}: {result['diverged']}"
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         tid = self._id(trial)
         self.seen[tid] = self.sizes[tid]
         self.completed.add(tid)
-        if tid in self.started:
+        if tid in self.started and tid not in self.diverged:  # a diverged trial's time says nothing of its FLOPs
             self.durations[tid] = time.monotonic() - self.started[tid]
-        self._print(trials, f"finished {self._id(trial)}")
+        why = self.diverged.get(tid)
+        self._print(trials, f"DIVERGED {tid} {why}" if why else f"finished {tid}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trials, f"FAILED {self._id(trial)} (see its error.txt in the study's storage)")
@@ -73,6 +77,8 @@ class ProgressView(tune.Callback):
 
     def eta_s(self) -> float:
         """Seconds left: fitted per-trial time of the unfinished work over the concurrency."""
+        if self.completed >= self.flops.keys():
+            return 0.0
         done = list(self.durations)
         if not done:
             return float("nan")
@@ -106,7 +112,8 @@ class ProgressView(tune.Callback):
         eta_s = _hms(eta) if eta == eta else "--:--:--"
         head = (f"[reliscale {self.study}] {_hms(elapsed)}  done {counts['done']}/{len(self.flops)}  "
                 f"running {counts['running']}  pending {counts['pending']}  errors {counts['error']}  "
-                f"compute {100 * frac:.0f}%  ETA {eta_s}")
+                + (f"diverged {len(self.diverged)}  " if self.diverged else "")
+                + f"compute {100 * frac:.0f}%  ETA {eta_s}")
         lines = [head + (f"  | {event}" if event else "")]
         for t in trials:
             tid = self._id(t)

@@ -25,7 +25,10 @@ def study_status(spec: StudySpec, root: Path) -> list[dict]:
             steps = tracking.with_retries(
                 lambda r=run: [m.step for m in tracking.MlflowClient(paths.tracking_uri)
                                .get_metric_history(r.info.run_id, "train/loss")], "metric history")
-            row.update(state=run.info.status if steps or run.info.status != "RUNNING" else "SCHEDULED",
+            state = run.info.status if steps or run.info.status != "RUNNING" else "SCHEDULED"
+            if run.data.tags.get(tracking.OUTCOME) == "diverged":
+                state = "DIVERGED"
+            row.update(state=state,
                        data_seen=max(steps, default=0),
                        metrics={k: history[k] for k in SHOWN if k in history})
         rows.append(row)
@@ -40,5 +43,6 @@ def format_status(rows: list[dict]) -> str:
         lines.append(f"{r['trial_id']:<{width}}  {r['state']:<11}  {r['data_seen']:>12,d} / "
                      f"{r['data_size']:<12,d}  {metrics}")
     done = sum(r["state"] == "FINISHED" for r in rows)
-    lines.append(f"\n{done}/{len(rows)} trials finished")
+    diverged = sum(r["state"] == "DIVERGED" for r in rows)
+    lines.append(f"\n{done}/{len(rows)} trials finished" + (f", {diverged} diverged" if diverged else ""))
     return "\n".join(lines)

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 ROLE = "reliscale.role"
 TRIAL_ID = "reliscale.trial_id"
 STUDY = "reliscale.study"
+OUTCOME = "reliscale.outcome"  # "diverged" on a trial stopped for a non-finite loss or gradients
 PARENT = "mlflow.parentRunId"
 AXES = ("family", "size", "objective", "technique", "mixture", "seed", "data_size")
 

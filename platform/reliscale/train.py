@@ -11,6 +11,7 @@ optimizer and schedule state, same objective weights.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from collections import defaultdict
@@ -29,7 +30,7 @@ from reliscale.models import build_model
 from reliscale.objectives import build_objective
 from reliscale.ranks import several_ranks
 from reliscale.tasks import build_evaluator, build_task
-from reliscale.tracking import TrialLogger
+from reliscale.tracking import OUTCOME, TrialLogger
 
 log = logging.getLogger("reliscale.train")
 CKPT_TAG = "ds"
@@ -75,9 +76,29 @@ def _position(step: int, trial) -> dict:
     return {"step": step, "data_seen": step * trial.data_per_step, "data_size": trial.data_size}
 
 
-def _report_progress(step: int, trial, loss_sum: float, loss_n: int) -> None:
-    """A report with no checkpoint and nothing logged to MLflow: only the live view reads it."""
-    ray.train.report({**_position(step, trial), "train/loss": _mean_over_ranks(loss_sum, loss_n)})
+class Divergence:
+    """Whether a trial has diverged, checked wherever the loop reduces its loss over ranks.
+
+    Diverged: the mean training loss is not finite, or (without fp16's loss scaling, which
+    skips steps by design) DeepSpeed skipped every optimizer step since the last check because
+    the gradients were not finite: the weights no longer move, so the rest of the budget would
+    train nothing. Both quantities are the same on every rank, so every rank stops together.
+    """
+
+    def __init__(self, engine, precision: str, step: int):
+        self.engine, self.scaled = engine, precision == "fp16"
+        self.step, self.skipped = step, engine.skipped_steps
+
+    def check(self, step: int, loss: float) -> str | None:
+        """Why the trial diverged by optimizer step `step`, or None."""
+        skipped = self.engine.skipped_steps - self.skipped
+        steps = step - self.step
+        self.step, self.skipped = step, self.engine.skipped_steps
+        if not math.isfinite(loss):
+            return f"training loss {loss}"
+        if not self.scaled and steps > 0 and skipped == steps:
+            return f"non-finite gradients: DeepSpeed skipped all {steps} steps since step {step - steps}"
+        return None
 
 
 def _quiet_report_lines() -> None:
@@ -129,6 +150,7 @@ def train_loop(config: dict) -> None:
     micro, accum = spec.micro_batch(), spec.grad_accumulation()
     loss_sum, loss_n = 0.0, 0
     progress_every = max(MIN_PROGRESS_STEPS, trial.steps // PROGRESS_REPORTS)
+    divergence = Divergence(engine, spec.train.precision, start)
     timings["time/setup_s"] = time.perf_counter() - t_start
 
     engine.train()
@@ -144,19 +166,26 @@ def train_loop(config: dict) -> None:
             loss_n += 1
         timings["time/train_s"] += time.perf_counter() - t0
         maybe_kill_worker(trial.study, trial.trial_id, rank, step + 1)
+        if step + 1 not in evals and (step + 1) % progress_every:
+            continue
+        train_loss = _mean_over_ranks(loss_sum, loss_n)
+        why = divergence.check(step + 1, train_loss)
+        if why is not None:
+            _stop_diverged(None if finished_before else logger, evaluator, trial, step + 1, train_loss, why, timings)
+            return
         if step + 1 not in evals:
-            if (step + 1) % progress_every == 0:
-                t0 = time.perf_counter()
-                _report_progress(step + 1, trial, loss_sum, loss_n)
-                timings["time/progress_report_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()  # a report with no checkpoint and nothing logged: only the live view reads it
+            ray.train.report({**_position(step + 1, trial), "train/loss": train_loss})
+            timings["time/progress_report_s"] += time.perf_counter() - t0
             continue
 
         t0 = time.perf_counter()
         engine.eval()
         metrics = evaluator.run(engine.module, engine.device, rank, world)
         timings["time/eval_s"] += time.perf_counter() - t0
-        metrics["train/loss"] = _mean_over_ranks(loss_sum, loss_n)
+        metrics["train/loss"] = train_loss
         metrics["train/lr"] = engine.get_lr()[0]
+        metrics["train/skipped_steps"] = engine.skipped_steps
         if task.num_groups > 1:
             for name, w, g_loss in zip(task.group_names, objective.weights(), objective.group_loss.tolist(),
                                        strict=True):
@@ -181,14 +210,31 @@ def train_loop(config: dict) -> None:
         engine.train()
 
     if logger and not finished_before:
-        _finish(logger, evaluator, trial, timings)
+        _finish(logger, evaluator, trial.steps * trial.data_per_step, timings)
 
 
-def _finish(logger: TrialLogger, evaluator, trial, timings: dict[str, float]) -> None:
-    """Artifacts (curves, plots, predictions) and the timing breakdown; then close the run."""
+def _stop_diverged(logger: TrialLogger | None, evaluator, trial, step: int, loss: float, why: str,
+                   timings: dict[str, float]) -> None:
+    """End a diverged trial as done, not failed: a retry from its checkpoint would diverge again.
+
+    Rank 0 logs the loss and `train/diverged_at` (data seen), tags the run
+    `reliscale.outcome=diverged` (the analysis leaves such trials out of fits) and finishes it;
+    every rank then reports `diverged` to Tune, with no checkpoint.
+    """
+    seen = step * trial.data_per_step
+    if logger:
+        log.warning("trial %s diverged at step %d (%d / %d seen): %s", trial.trial_id, step, seen,
+                    trial.data_size, why)
+        logger.log_metrics({"train/loss": loss, "train/diverged_at": seen}, step=seen)
+        logger.set_tags({OUTCOME: "diverged", "reliscale.diverged": why})
+        _finish(logger, evaluator, seen, timings)
+    ray.train.report({**_position(step, trial), "train/loss": loss, "diverged": why})
+
+
+def _finish(logger: TrialLogger, evaluator, seen: int, timings: dict[str, float]) -> None:
+    """Artifacts (curves, plots, predictions) and the timing breakdown at `seen`; then close the run."""
     with tempfile.TemporaryDirectory() as tmp:
         for path in evaluator.write_artifacts(Path(tmp)):
             logger.log_artifact(path, "eval")
-    final = trial.steps * trial.data_per_step
-    logger.log_metrics({k: float(np.round(v, 4)) for k, v in timings.items()}, step=final)
+    logger.log_metrics({k: float(np.round(v, 4)) for k, v in timings.items()}, step=seen)
     logger.finish()
