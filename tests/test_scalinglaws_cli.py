@@ -101,3 +101,25 @@ def test_main_accepts_arguments_without_the_fit_command(csv_path, capsys):
 def test_help_exits_0(capsys):
     assert main(["fit", "--help"]) == 0
     assert "--holdout-largest" in capsys.readouterr().out
+
+
+def test_trials_left_out_of_the_fit_are_named_on_one_warning_line(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mixed")
+    for i, (size, outcome) in enumerate([(100, None), (200, None), (400, None), (800, "diverged")]):
+        tags = {"reliscale.role": "trial", **({"reliscale.outcome": outcome} if outcome else {})}
+        run = client.create_run(exp, tags=tags)
+        client.log_param(run.info.run_id, "trial_id", f"t{i}")
+        client.log_param(run.info.run_id, "data_size", size)
+        seen = size if outcome is None else size // 4
+        client.log_metric(run.info.run_id, "eval/val/loss", 1 + 10 * seen ** -0.5, step=seen)
+        client.set_terminated(run.info.run_id)
+    code = main(["fit", "--experiment", "mixed", "--tracking-uri", uri, "--metric", "eval/val/loss",
+                 "--form", "power", "--x", "data_size", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and json.loads(captured.out)["n_points"] == 3
+    warned = [line for line in captured.err.splitlines() if "warning" in line.lower()]
+    assert warned == ["warning: 1 trial(s) left out of the final points, not trained through their budget: t3 (diverged)"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -63,9 +64,15 @@ def _load(args: argparse.Namespace) -> pd.DataFrame:
             raise UsageError(f"--csv: file not found: {args.csv}")
         return from_csv(args.csv)
     try:
-        return final_points(load_study(args.experiment, args.tracking_uri))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            points = final_points(load_study(args.experiment, args.tracking_uri))
     except LookupError as e:
         raise UsageError(f"--experiment: {e}") from None
+    for w in caught:  # e.g. trials left out: one line each, without the library's source line
+        if issubclass(w.category, UserWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    return points
 
 
 def _make_law(args: argparse.Namespace, df: pd.DataFrame) -> Law:
