@@ -129,7 +129,9 @@ def test_a_diverging_trial_stops_as_diverged_is_not_rerun_and_is_left_out_of_fit
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/skipped_steps")] == [32]
 
     rows = study_status(spec, tmp_path)
-    assert rows[0]["state"] == "DIVERGED" and "0/1 trials finished, 1 diverged" in format_status(rows)
+    assert rows[0]["state"] == "DIVERGED" and why in rows[0]["diverged"]
+    text = format_status(rows)
+    assert "0/1 trials finished, 1 diverged" in text and f"(diverged: {rows[0]['diverged']})" in text
     with pytest.warns(UserWarning, match="left out of the final points.*diverged"):
         assert final_points(load_study(spec.name, StudyPaths(spec, tmp_path).tracking_uri)).empty
 

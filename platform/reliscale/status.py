@@ -27,7 +27,7 @@ def study_status(spec: StudySpec, root: Path) -> list[dict]:
                                .get_metric_history(r.info.run_id, "train/loss")], "metric history")
             state = run.info.status if steps or run.info.status != "RUNNING" else "SCHEDULED"
             if run.data.tags.get(tracking.OUTCOME) == "diverged":
-                state = "DIVERGED"
+                state, row["diverged"] = "DIVERGED", run.data.tags.get("reliscale.diverged", "")
             row.update(state=state,
                        data_seen=max(steps, default=0),
                        metrics={k: history[k] for k in SHOWN if k in history})
@@ -40,6 +40,8 @@ def format_status(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         metrics = "  ".join(f"{k} {v:.4g}" for k, v in r["metrics"].items())
+        if r.get("diverged"):
+            metrics += f"  (diverged: {r['diverged']})"
         lines.append(f"{r['trial_id']:<{width}}  {r['state']:<11}  {r['data_seen']:>12,d} / "
                      f"{r['data_size']:<12,d}  {metrics}")
     done = sum(r["state"] == "FINISHED" for r in rows)
