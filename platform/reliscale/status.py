@@ -27,7 +27,7 @@ def study_status(spec: StudySpec, root: Path) -> list[dict]:
                                .get_metric_history(r.info.run_id, "train/loss")], "metric history")
             state = run.info.status if steps or run.info.status != "RUNNING" else "SCHEDULED"
             if run.data.tags.get(tracking.OUTCOME) == "diverged":
-                state, row["diverged"] = "DIVERGED", run.data.tags.get("reliscale.diverged", "")
+                state, row["diverged"] = "DIVERGED", run.data.tags.get(tracking.DIVERGED_WHY, "")
             row.update(state=state,
                        data_seen=max(steps, default=0),
                        metrics={k: history[k] for k in SHOWN if k in history})

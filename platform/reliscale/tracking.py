@@ -24,6 +24,7 @@ ROLE = "reliscale.role"
 TRIAL_ID = "reliscale.trial_id"
 STUDY = "reliscale.study"
 OUTCOME = "reliscale.outcome"  # "diverged" on a trial stopped for a non-finite loss or gradients
+DIVERGED_WHY = "reliscale.diverged"  # and what was not finite
 PARENT = "mlflow.parentRunId"
 AXES = ("family", "size", "objective", "technique", "mixture", "seed", "data_size")
 

@@ -30,7 +30,7 @@ from reliscale.models import build_model
 from reliscale.objectives import build_objective
 from reliscale.ranks import several_ranks
 from reliscale.tasks import build_evaluator, build_task
-from reliscale.tracking import OUTCOME, TrialLogger
+from reliscale.tracking import DIVERGED_WHY, OUTCOME, TrialLogger
 
 log = logging.getLogger("reliscale.train")
 CKPT_TAG = "ds"
@@ -226,7 +226,7 @@ def _stop_diverged(logger: TrialLogger | None, evaluator, trial, step: int, loss
         log.warning("trial %s diverged at step %d (%d / %d seen): %s", trial.trial_id, step, seen,
                     trial.data_size, why)
         logger.log_metrics({"train/loss": loss, "train/diverged_at": seen}, step=seen)
-        logger.set_tags({OUTCOME: "diverged", "reliscale.diverged": why})
+        logger.set_tags({OUTCOME: "diverged", DIVERGED_WHY: why})
         _finish(logger, evaluator, seen, timings)
     ray.train.report({**_position(step, trial), "train/loss": loss, "diverged": why})
 
