@@ -25,7 +25,8 @@ LABEL_PARAMS = frozenset(
 
 def load_study(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
     """All trials of study `experiment`: columns run_id, parent_run_id, status, outcome
-    ("diverged" for a trial the platform stopped on a non-finite loss, else NaN), the trial params, data_seen (the metric step) and one column per metric key (NaN where a key was
+    ("diverged" for a trial the platform stopped on a non-finite loss, else NaN), the trial
+    params, data_seen (the metric step) and one column per metric key (NaN where a key was
     not logged at that step). A (key, step) logged twice keeps its last value."""
     from mlflow.tracking import MlflowClient
 
@@ -57,7 +58,8 @@ def _params_frame(runs: list[Any]) -> pd.DataFrame:
     """One row per run: ids, status and params (numeric where every value parses)."""
     params = pd.DataFrame([
         {"run_id": r.info.run_id, "parent_run_id": r.data.tags.get(PARENT), "status": r.info.status,
-         "outcome": r.data.tags.get(OUTCOME, np.nan), **r.data.params, "trial_id": r.data.params.get("trial_id", r.data.tags.get(TRIAL_ID))}
+         "outcome": r.data.tags.get(OUTCOME, np.nan), **r.data.params,
+         "trial_id": r.data.params.get("trial_id", r.data.tags.get(TRIAL_ID))}
         for r in runs
     ])
     for col in params.columns.difference(["run_id", "parent_run_id", "status", "outcome", *LABEL_PARAMS]):
