@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from record import machine, write_run
 
-from reliscale.ladder import DECODER_LADDER, VIT_LADDER, ModelSize
-from reliscale.models import SIGNAL_LENGTH, SIGNAL_PATCH, Classifier, ICLDecoder, ViTBackbone
+from reliscale.models.build import SIGNAL_LENGTH, SIGNAL_PATCH, Classifier, ICLDecoder, ViTBackbone
+from reliscale.spec.ladder import DECODER_LADDER, VIT_LADDER, ModelSize
 from reliscale.tasks import ClassificationStream
 from reliscale.tasks.icl import ICLTask
 from reliscale.tasks.images import NUM_CLASSES, ImageTask

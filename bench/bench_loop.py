@@ -37,7 +37,7 @@ ENVIRONMENTS = ("plain", "ray", "ray+dashboard", "ray+idle helpers", "trial")
 # and, once per Ray cluster, Ray Train's _AutoscalingCoordinatorActor (bench/platform.md has the
 # census). Four a trial on 2026-12-02 until trials stopped starting Ray Train's
 # PlacementGroupCleaner, three until their controller ran in the Tune trial actor, which took
-# Tune's result queue (_QueueActor) along (reliscale.trainer).
+# Tune's result queue (_QueueActor) along (reliscale.trial.trainer).
 HELPERS_PER_TRIAL = 1
 HELPERS_PER_STUDY = 1
 
@@ -47,10 +47,10 @@ def loop_ms(trial, port: int) -> float:
     set_rank_env(0, 1, port)
     spec = trial.spec
     torch.set_num_threads(spec.resources.threads_per_worker)
-    from reliscale.engine import build_engine, init_deepspeed_comm
-    from reliscale.models import build_model
-    from reliscale.objectives import build_objective
+    from reliscale.models.build import build_model
     from reliscale.tasks import build_task
+    from reliscale.worker.engine import build_engine, init_deepspeed_comm
+    from reliscale.worker.objectives import build_objective
 
     init_deepspeed_comm()
     torch.manual_seed(trial.seed)
@@ -116,7 +116,7 @@ def in_ray_actors(trials, dashboard: bool, idle_actors: int = 0,
 def as_trials(spec, trials) -> list[float]:
     import ray
 
-    from reliscale.study import StudyPaths, run_study
+    from reliscale.driver.study import StudyPaths, run_study
     from reliscale.tracking import StudyRuns
 
     ray.init(address="local", num_cpus=os.cpu_count(), _temp_dir="/tmp/rs_bench")
@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default="bench/loop.md")
     args = ap.parse_args()
-    from reliscale.spec import expand, load_spec
+    from reliscale.spec.schema import expand, load_spec
 
     # jobs/icl_smoke.yaml's task, one seed per trial: the 2 cores shared by one-worker trials
     cpus = 1.99 if args.trials == 1 else 0.99

@@ -34,7 +34,7 @@ MB = 2**20
 
 
 def spec_for(size: str, stage: int, workers: int = 2):
-    from reliscale.spec import expand, validate
+    from reliscale.spec.schema import expand, validate
 
     doc = {**DOC, "model": {"family": "decoder", "sizes": [size]},
            "train": {**DOC["train"], "zero_stage": stage},
@@ -56,9 +56,9 @@ def worker(rank: int, port: int, size: str, stage: int, steps: int, workers: int
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from reliscale.engine import build_engine, init_deepspeed_comm
-    from reliscale.models import build_model
+    from reliscale.models.build import build_model
     from reliscale.tasks import build_task
+    from reliscale.worker.engine import build_engine, init_deepspeed_comm
 
     init_deepspeed_comm()
     trial = spec_for(size, stage, workers)
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="bench/memory.md")
     args = ap.parse_args()
-    from reliscale.plan import memory_terms, param_counts
+    from reliscale.driver.plan import memory_terms, param_counts
 
     rows = []
     for stage in (int(s) for s in args.stages.split(",")):

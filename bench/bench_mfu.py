@@ -42,7 +42,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def trial_for(size: str, seq_len: int, micro_batch: int, precision: str, extra: list[str]):
     """The job's trial of `size` on one device, reading the synthetic language instead of a token file."""
-    from reliscale.spec import expand, load_spec
+    from reliscale.spec.schema import expand, load_spec
 
     spec = load_spec(REPO / "jobs" / "lm_ladder_1b.yaml", [
         f"model.sizes=[{size}]", "data.sizes=[1.0e9]", "data.path=null", f"data.seq_len={seq_len}",
@@ -77,9 +77,9 @@ def cpu_matmul_peak(dtype: torch.dtype) -> float:
 
 
 def measure(trial, steps: int, warmup: int, device: torch.device) -> dict[str, float]:
-    from reliscale.engine import build_engine
-    from reliscale.models import build_model, count_params
+    from reliscale.models.build import build_model, count_params
     from reliscale.tasks import build_task
+    from reliscale.worker.engine import build_engine
 
     torch.manual_seed(trial.seed)
     model = build_model(trial)
@@ -128,7 +128,7 @@ def main() -> None:
     from local_group import set_rank_env  # here: tests load this file for its FLOP count alone
 
     set_rank_env(0, 1, int(os.environ.get("MASTER_PORT", "29531")))
-    from reliscale.engine import init_deepspeed_comm
+    from reliscale.worker.engine import init_deepspeed_comm
 
     init_deepspeed_comm()  # names DeepSpeed's accelerator before its first import on a CPU
     import deepspeed

@@ -20,8 +20,8 @@ import time
 import torch
 from record import machine
 
-from reliscale.ladder import DECODER_LADDER
-from reliscale.models import ICLDecoder
+from reliscale.models.build import ICLDecoder
+from reliscale.spec.ladder import DECODER_LADDER
 
 KINDS = {"single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 

@@ -45,11 +45,11 @@ PARTS = ("time/setup_s", "time/deepspeed_init_s", "time/train_s", "time/eval_s",
 
 def plain_loop(trial) -> float:
     """One trial in one process: same data, model, optimizer, schedule and eval points."""
-    from reliscale.engine import lr_lambda
-    from reliscale.evaluate import eval_schedule
-    from reliscale.models import build_model
-    from reliscale.objectives import build_objective
+    from reliscale.evaluation.evaluators import eval_schedule
+    from reliscale.models.build import build_model
     from reliscale.tasks import build_evaluator, build_task
+    from reliscale.worker.engine import lr_lambda
+    from reliscale.worker.objectives import build_objective
 
     t0 = time.perf_counter()
     spec = trial.spec
@@ -104,7 +104,7 @@ def platform_round(spec) -> tuple[float, float, dict[str, float], dict[str, dict
     wall time and its logged `time/*` metrics."""
     import ray
 
-    from reliscale.study import StudyPaths, run_study
+    from reliscale.driver.study import StudyPaths, run_study
     from reliscale.tracking import StudyRuns
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,7 +133,7 @@ def main() -> None:
                     help="rounds of (a) and (b), their order alternating: (a) first in the first round")
     ap.add_argument("--out", default="bench/platform.md")
     args = ap.parse_args()
-    from reliscale.spec import expand, load_spec
+    from reliscale.spec.schema import expand, load_spec
 
     overrides = [f"data.sizes=[{args.sizes}]", f"model.sizes=[{args.model}]", "resources.max_concurrent_trials=1",
                  "name=bench_platform", *args.set]

@@ -41,10 +41,10 @@ def worker(rank: int, port: int, size: str, mode: str, steps: int, zero_extra: d
     import numpy as np
     from bench_memory import spec_for
 
-    from reliscale.engine import deepspeed_config, init_deepspeed_comm, merge
-    from reliscale.ladder import DECODER_LADDER
-    from reliscale.models import ICLDecoder
+    from reliscale.models.build import ICLDecoder
+    from reliscale.spec.ladder import DECODER_LADDER
     from reliscale.tasks.icl import sample_prompts
+    from reliscale.worker.engine import deepspeed_config, init_deepspeed_comm, merge
 
     init_deepspeed_comm()
     base_rss = rss_mb()
@@ -107,7 +107,7 @@ def estimate_mb(size: str, stage: int) -> float:
     """The plan's estimate for the same workload (bench_memory's spec: d=8, 16 pairs, micro-batch 32)."""
     from bench_memory import spec_for
 
-    from reliscale.plan import memory_terms, param_counts
+    from reliscale.driver.plan import memory_terms, param_counts
 
     trial = spec_for(size, stage)
     return sum(memory_terms(trial, param_counts([trial])[trial.trial_id]).values()) / 2**20

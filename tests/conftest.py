@@ -50,7 +50,7 @@ def run_trials(spec, root: Path):
     import ray
     from mlflow.tracking import MlflowClient
 
-    from reliscale.study import StudyPaths, run_study
+    from reliscale.driver.study import StudyPaths, run_study
 
     ray.init(num_cpus=2)
     try:

@@ -21,11 +21,11 @@ SCRIPT = textwrap.dedent('''
     import ray.train, torch
     sys.path.insert(0, "tests")
     from conftest import tiny_icl_spec
-    from reliscale import train
-    from reliscale.engine import build_engine, init_deepspeed_comm
-    from reliscale.models import build_model
-    from reliscale.objectives import build_objective
-    from reliscale.spec import expand, validate
+    from reliscale.worker import loop as train
+    from reliscale.worker.engine import build_engine, init_deepspeed_comm
+    from reliscale.models.build import build_model
+    from reliscale.worker.objectives import build_objective
+    from reliscale.spec.schema import expand, validate
     from reliscale.tasks import build_task
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from reliscale.heads import GPHead
-from reliscale.objectives import Minimax
+from reliscale.models.heads import GPHead
+from reliscale.worker.objectives import Minimax
 
 from conftest import free_port
 

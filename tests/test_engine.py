@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from reliscale.engine import build_engine, init_deepspeed_comm
-from reliscale.models import build_model
-from reliscale.spec import expand, validate
+from reliscale.models.build import build_model
+from reliscale.spec.schema import expand, validate
 from reliscale.tasks import build_task
+from reliscale.worker.engine import build_engine, init_deepspeed_comm
 
 from conftest import free_port, run_rank0_script, tiny_icl_spec
 
@@ -23,9 +23,9 @@ SCRIPT = textwrap.dedent('''
     import torch
     sys.path.insert(0, "tests")
     from conftest import tiny_icl_spec
-    from reliscale.engine import build_engine, init_deepspeed_comm
-    from reliscale.models import build_model
-    from reliscale.spec import expand, validate
+    from reliscale.worker.engine import build_engine, init_deepspeed_comm
+    from reliscale.models.build import build_model
+    from reliscale.spec.schema import expand, validate
     from reliscale.tasks import build_task
 
     init_deepspeed_comm()

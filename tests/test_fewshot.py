@@ -6,9 +6,9 @@ import pytest
 import torch
 from sklearn.linear_model import RidgeClassifier
 
-from reliscale.fewshot import SHOTS, fewshot_metrics, ridge_probe, support_sets
-from reliscale.models import build_model
-from reliscale.spec import expand, load_spec
+from reliscale.evaluation.fewshot import SHOTS, fewshot_metrics, ridge_probe, support_sets
+from reliscale.models.build import build_model
+from reliscale.spec.schema import expand, load_spec
 from reliscale.tasks import build_evaluator, build_task
 from reliscale.tasks.registry import CLASSIFICATION_METRICS
 

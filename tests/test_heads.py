@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reliscale.heads import (
+from reliscale.models.heads import (
     BatchEnsembleHead,
     GPHead,
     HetHead,

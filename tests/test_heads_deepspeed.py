@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from reliscale.heads import GPHead, build_head
+from reliscale.models.heads import GPHead, build_head
 
 from conftest import free_port
 
@@ -85,7 +85,7 @@ def train_one(deepspeed, name: str, stage: int) -> dict:
 def main() -> None:
     import deepspeed
 
-    from reliscale.engine import init_deepspeed_comm
+    from reliscale.worker.engine import init_deepspeed_comm
 
     init_deepspeed_comm()
     results = {f"{n}/zero{s}": train_one(deepspeed, n, s) for s in STAGES for n in HEADS}

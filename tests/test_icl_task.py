@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reliscale.evaluate import eval_schedule
+from reliscale.evaluation.evaluators import eval_schedule
 from reliscale.tasks.icl import (
     ICLTask,
     baseline_errors,

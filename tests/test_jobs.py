@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reliscale.plan import plan
-from reliscale.spec import load_spec
+from reliscale.driver.plan import plan
+from reliscale.spec.schema import load_spec
 
 GPU_JOBS = ["lm_ladder_1b", "vit_plex", "t5_plex", "pali_joint", "icl_mixtures", "task_robust"]
 CPU_JOBS = ["icl_smoke", "icl_tiny", "vit_plex_smoke", "icl_mixtures_smoke", "task_robust_smoke",

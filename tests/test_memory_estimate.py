@@ -11,11 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reliscale import ladder
-from reliscale.ladder import ModelSize, Shape
-from reliscale.models import EncDecBackbone, ICLDecoder, ViTBackbone, embeds_only_llama
-from reliscale.plan import memory_terms, param_counts
-from reliscale.spec import expand, validate
+from reliscale.driver.plan import memory_terms, param_counts
+from reliscale.models.build import EncDecBackbone, ICLDecoder, ViTBackbone, embeds_only_llama
+from reliscale.spec import ladder
+from reliscale.spec.ladder import ModelSize, Shape
+from reliscale.spec.schema import expand, validate
 
 H, HEADS, FFN, BATCH = 64, 4, 96, 4
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

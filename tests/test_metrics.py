@@ -11,7 +11,7 @@ from scipy.stats import entropy as scipy_entropy
 from scipy.stats import norm
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss
 
-from reliscale import metrics as M
+from reliscale.evaluation import metrics as M
 
 
 def random_probs(n: int, c: int, seed: int = 0, sharpness: float = 3.0):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from reliscale.spec import load_spec
-from reliscale.train import PROGRESS_REPORTS
+from reliscale.spec.schema import load_spec
+from reliscale.worker.loop import PROGRESS_REPORTS
 
 from conftest import run_trials
 

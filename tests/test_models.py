@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reliscale.models import build_model, count_params, meta_param_counts
-from reliscale.spec import expand, validate
+from reliscale.models.build import build_model, count_params, meta_param_counts
+from reliscale.spec.schema import expand, validate
 from reliscale.tasks.images import NUM_CLASSES
 
 from conftest import tiny_icl_spec

@@ -11,8 +11,8 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from reliscale.spec import validate
-from reliscale.study import StudyPaths, run_study
+from reliscale.driver.study import StudyPaths, run_study
+from reliscale.spec.schema import validate
 
 from conftest import tiny_icl_spec
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from reliscale.engine import lr_lambda
-from reliscale.objectives import build_objective
+from reliscale.worker.engine import lr_lambda
+from reliscale.worker.objectives import build_objective
 
 
 def test_erm_is_the_batch_mean():

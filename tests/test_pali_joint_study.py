@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from reliscale.spec import load_spec
-from reliscale.study import StudyPaths
+from reliscale.driver.study import StudyPaths
+from reliscale.spec.schema import load_spec
 from scalinglaws import final_points, load_study
 from scalinglaws.cli import main as fit_main
 

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from reliscale.alphas import parse_alphas
 from reliscale.cli import main
-from reliscale.models import build_model
-from reliscale.patch_stage import finetune_trial, stages
-from reliscale.patching import (
+from reliscale.models.build import build_model
+from reliscale.patch.alphas import parse_alphas
+from reliscale.patch.interpolate import (
     REPORTED,
     average,
     checkpoint_weights,
@@ -21,7 +20,8 @@ from reliscale.patching import (
     predict_like_trial,
     sweep,
 )
-from reliscale.spec import SpecError, expand, validate
+from reliscale.patch.stage import finetune_trial, stages
+from reliscale.spec.schema import SpecError, expand, validate
 from reliscale.tasks.icl import icl_metrics
 
 from conftest import run_rank0_script, tiny_icl_spec
@@ -158,8 +158,8 @@ def test_curve_is_logged_by_alpha_with_the_chosen_alpha_plot_and_mixture_task_na
     from mlflow.tracking import MlflowClient
 
     from reliscale import tracking
-    from reliscale.patch_stage import log_curve, patch_run
-    from reliscale.patching import Curve
+    from reliscale.patch.interpolate import Curve
+    from reliscale.patch.stage import log_curve, patch_run
 
     alphas = (0.0, 0.25, 1.0)
     tasks = ["dense_linear", "relu2nn50+sinusoid50"]
@@ -187,8 +187,8 @@ def test_logging_a_curve_again_after_a_stop_logs_no_metric_twice(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from reliscale import tracking
-    from reliscale.patch_stage import log_curve, patch_run
-    from reliscale.patching import Curve
+    from reliscale.patch.interpolate import Curve
+    from reliscale.patch.stage import log_curve, patch_run
 
     alphas = tuple(round(0.001 * i, 3) for i in range(1001))  # 1001 α: one key's history spans two batches
     tasks = ["dense_linear", "sinusoid"]
@@ -217,10 +217,10 @@ CHECKPOINT_SCRIPT = textwrap.dedent('''
     import torch
     sys.path.insert(0, "tests")
     from conftest import run_rank0_script, tiny_icl_spec
-    from reliscale.engine import build_engine, init_deepspeed_comm
-    from reliscale.models import build_model
-    from reliscale.patching import checkpoint_weights
-    from reliscale.spec import expand, validate
+    from reliscale.worker.engine import build_engine, init_deepspeed_comm
+    from reliscale.models.build import build_model
+    from reliscale.patch.interpolate import checkpoint_weights
+    from reliscale.spec.schema import expand, validate
 
     init_deepspeed_comm()
     for stage in (0, 1, 2):
@@ -245,7 +245,7 @@ def test_checkpoints_of_every_zero_stage_below_3_read_back_as_the_engines_weight
 
 def test_the_patch_stage_leaves_out_bases_whose_trial_or_fine_tune_diverged(tmp_path, capsys):
     from reliscale import tracking
-    from reliscale.patch_stage import _trained
+    from reliscale.patch.stage import _trained
 
     doc = patch_doc()
     doc["data"]["sizes"] = [256, 512, 1024]

@@ -17,16 +17,16 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from reliscale.cli import main
-from reliscale.models import build_model
-from reliscale.patching import (
+from reliscale.driver.study import StudyPaths, run_study
+from reliscale.models.build import build_model
+from reliscale.patch.interpolate import (
     REPORTED,
     checkpoint_weights,
     eval_tasks,
     final_checkpoint,
     predict_like_trial,
 )
-from reliscale.spec import expand, load_spec, validate
-from reliscale.study import StudyPaths, run_study
+from reliscale.spec.schema import expand, load_spec, validate
 from reliscale.tasks.icl import icl_metrics
 from scalinglaws.load import load_study
 

@@ -9,8 +9,8 @@ import pytest
 import ray
 
 from reliscale import tracking
-from reliscale.spec import SpecError, expand, load_spec, validate
-from reliscale.study import run_study
+from reliscale.driver.study import run_study
+from reliscale.spec.schema import SpecError, expand, load_spec, validate
 
 from conftest import tiny_icl_spec
 

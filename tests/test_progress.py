@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from reliscale.progress import ProgressView
+from reliscale.driver.progress import ProgressView
 
 
 @dataclass
@@ -23,7 +23,7 @@ def test_progress_is_weighted_by_planned_flops():
 
 def test_eta_fits_overhead_plus_compute_from_finished_trials(monkeypatch):
     clock = iter([0.0, 0.0, 10.0, 10.0, 30.0, 30.0, 30.0])
-    monkeypatch.setattr("reliscale.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("reliscale.driver.progress.time.monotonic", lambda: next(clock))
     flops = {"a": 1.0, "b": 3.0, "c": 5.0}
     view = ProgressView("s", flops, {k: 10 for k in flops}, concurrency=1)
     for tid in ("a", "b"):

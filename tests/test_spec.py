@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reliscale.spec import SpecError, TrialConfig, expand, load_spec
+from reliscale.spec.schema import SpecError, TrialConfig, expand, load_spec
 
 from conftest import tiny_icl_spec
 

@@ -18,9 +18,9 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from reliscale.evaluate import eval_schedule
-from reliscale.spec import StudySpec, TrialConfig, expand, validate
-from reliscale.study import StudyPaths, run_study
+from reliscale.driver.study import StudyPaths, run_study
+from reliscale.evaluation.evaluators import eval_schedule
+from reliscale.spec.schema import StudySpec, TrialConfig, expand, validate
 from reliscale.tracking import PARENT, ROLE, TRIAL_ID
 
 from conftest import tiny_icl_spec

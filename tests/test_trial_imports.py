@@ -12,12 +12,12 @@ BUILD_AND_UNPICKLE = """
 import pickle, sys
 import ray.train
 
-import reliscale.trial
-from reliscale.rendezvous import EnvRendezvous
-from reliscale.trainer import TrialTrainer
+import reliscale.trial.run
+from reliscale.trial.rendezvous import EnvRendezvous
+from reliscale.trial.trainer import TrialTrainer
 
 config = pickle.loads(pickle.dumps(EnvRendezvous()))  # what the controller receives
-TrialTrainer(reliscale.trial.worker_loop, backend_config=config, train_loop_config={}, placement_group_key="s/t",
+TrialTrainer(reliscale.trial.run.worker_loop, backend_config=config, train_loop_config={}, placement_group_key="s/t",
              scaling_config=ray.train.ScalingConfig(num_workers=2))._create_default_callbacks()
 print(config.backend_cls().share_cuda_visible_devices, "torch" in sys.modules)
 """
@@ -32,9 +32,9 @@ def test_a_trials_trainer_leaves_out_the_ray_data_actor_records_its_placement_gr
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from reliscale.rendezvous import EnvRendezvous
-    from reliscale.trainer import RecordPlacementGroup, TrialTrainer
-    from reliscale.trial import worker_loop
+    from reliscale.trial.rendezvous import EnvRendezvous
+    from reliscale.trial.run import worker_loop
+    from reliscale.trial.trainer import RecordPlacementGroup, TrialTrainer
 
     def callbacks(cls, **key) -> list:
         return cls(worker_loop, backend_config=EnvRendezvous(), train_loop_config={},
@@ -71,7 +71,7 @@ def test_a_trials_controller_polls_every_half_second_and_starts_no_preemption_wa
 
 IMPORT_IN_A_FRESH_WORKER = """
 import gc
-from reliscale.trial import import_training_stack
+from reliscale.trial.run import import_training_stack
 
 before = gc.get_stats()[2]["collections"]
 import_training_stack()

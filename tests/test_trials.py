@@ -22,19 +22,19 @@ from mlflow.tracking import MlflowClient
 from ray.util.placement_group import placement_group_table, remove_placement_group
 from ray.util.state import list_actors
 
-from reliscale.models import build_model
-from reliscale.patching import (
+from reliscale.driver.status import format_status, study_status
+from reliscale.driver.study import StudyPaths, run_study
+from reliscale.models.build import build_model
+from reliscale.patch.interpolate import (
     REPORTED,
     checkpoint_weights,
     eval_tasks,
     final_checkpoint,
     predict_like_trial,
 )
-from reliscale.spec import expand, validate
-from reliscale.status import format_status, study_status
-from reliscale.study import StudyPaths, run_study
+from reliscale.spec.schema import expand, validate
 from reliscale.tasks.icl import icl_metrics
-from reliscale.trainer import recorded_placement_group
+from reliscale.trial.trainer import recorded_placement_group
 from scalinglaws.cli import main as fit_main
 from scalinglaws.load import final_points, load_study
 
@@ -83,7 +83,7 @@ def test_grid_of_2x2_trials_logs_one_child_run_each_with_full_histories(ray_sess
         assert "eval/icl_curve_id.png" in names and "eval/icl_curve_id.csv" in names
 
     # each trial's Ray Train run started its workers and the one helper they synchronise through,
-    # none of the five actors a trial does without (reliscale.trainer), and left no placement
+    # none of the five actors a trial does without (reliscale.trial.trainer), and left no placement
     # group holding CPUs
     started = {a.class_name for a in list_actors(limit=1000, raise_on_missing_output=False)}
     assert {"RayTrainWorker", "SynchronizationActor"} <= started, started
@@ -205,7 +205,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
 def test_a_trial_whose_actor_is_killed_gets_its_cpus_back_and_finishes_on_retry(ray_session, tmp_path):
     """The trial actor runs the Train controller, which owns its workers' placement group; the group
     lives as long as the job: killed, the actor cannot remove it, and a group left holding 1.5 of the
-    2 CPUs would keep the retried trial from ever starting. The retry removes it (reliscale.trainer).
+    2 CPUs would keep the retried trial from ever starting. The retry removes it (reliscale.trial.trainer).
     Running the controller does not load torch into the trial actor, which never touches a tensor."""
     doc = tiny_icl_spec("trial_killed")
     doc["data"]["sizes"] = [4096]

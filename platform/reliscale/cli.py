@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from reliscale.spec import SpecError, load_spec
+from reliscale.spec.schema import SpecError, load_spec
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_plan(args) -> int:
-    from reliscale.plan import as_dicts, format_table, plan
+    from reliscale.driver.plan import as_dicts, format_table, plan
 
     rows, warnings = plan(load_spec(args.spec, args.overrides))
     print(json.dumps(as_dicts(rows), indent=1) if args.json else format_table(rows))
@@ -100,7 +100,7 @@ def _finish_run(results) -> int:
 
 
 def cmd_run(args) -> int:
-    from reliscale.study import StudyPaths, default_root, run_study
+    from reliscale.driver.study import StudyPaths, default_root, run_study
 
     spec = load_spec(args.spec, args.overrides)
     root = args.root or default_root()
@@ -113,15 +113,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from reliscale.study import default_root, load_study_spec, run_study
+    from reliscale.driver.study import default_root, load_study_spec, run_study
 
     root = args.root or default_root()
     return _finish_run(run_study(load_study_spec(args.study, root), root, args.progress_every))
 
 
 def cmd_status(args) -> int:
-    from reliscale.status import format_status, study_status
-    from reliscale.study import default_root, load_study_spec
+    from reliscale.driver.status import format_status, study_status
+    from reliscale.driver.study import default_root, load_study_spec
 
     root = args.root or default_root()
     rows = study_status(load_study_spec(args.study, root), root)
@@ -130,7 +130,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_patch(args) -> int:
-    from reliscale.patch_cli import run_patch_command
+    from reliscale.patch.cli import run_patch_command
 
     return run_patch_command(args)
 

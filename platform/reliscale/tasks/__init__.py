@@ -51,13 +51,13 @@ def build_task(trial, world: int = 1, cache_dir: str | Path | None = None):
 def build_evaluator(task, trial):
     spec = trial.spec
     if spec.data.task == "icl":
-        from reliscale.evaluate import ICLEvaluator
+        from reliscale.evaluation.evaluators import ICLEvaluator
 
         return ICLEvaluator(task, spec.splits(), spec.eval.metrics)
     if spec.data.task == "lm":
-        from reliscale.evaluate import LMEvaluator
+        from reliscale.evaluation.evaluators import LMEvaluator
 
         return LMEvaluator(task, spec.splits(), spec.eval.metrics)
-    from reliscale.evaluate import ClassificationEvaluator
+    from reliscale.evaluation.evaluators import ClassificationEvaluator
 
     return ClassificationEvaluator(task, spec.splits(), spec.eval.metrics)

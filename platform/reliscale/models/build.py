@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel, T5Config, T5Model, ViTConfig, ViTModel
 
-from reliscale.heads import build_head
-from reliscale.ladder import FFN_RATIO, ModelSize, Shape
+from reliscale.models.heads import build_head
+from reliscale.spec.ladder import FFN_RATIO, ModelSize, Shape
 
 # Parameters that count as embeddings (excluded from non-embedding counts, as Kaplan et al.):
 # token and position tables, the vocabulary projection, and the ViT class token.

@@ -23,16 +23,16 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from reliscale.engine import build_engine, init_deepspeed_comm
-from reliscale.evaluate import eval_schedule
-from reliscale.faults import maybe_kill_worker
-from reliscale.models import build_model
-from reliscale.objectives import build_objective
-from reliscale.ranks import several_ranks
+from reliscale.evaluation.evaluators import eval_schedule
+from reliscale.models.build import build_model
 from reliscale.tasks import build_evaluator, build_task
 from reliscale.tracking import DIVERGED_WHY, OUTCOME, TrialLogger
+from reliscale.worker.engine import build_engine, init_deepspeed_comm
+from reliscale.worker.faults import maybe_kill_worker
+from reliscale.worker.objectives import build_objective
+from reliscale.worker.ranks import several_ranks
 
-log = logging.getLogger("reliscale.train")
+log = logging.getLogger("reliscale.worker.loop")
 CKPT_TAG = "ds"
 # Between eval points a trial reports its progress (data seen, running loss) this many times,
 # at most every MIN_PROGRESS_STEPS steps, so that the live view moves during long stretches.
@@ -124,7 +124,7 @@ def train_loop(config: dict) -> None:
     task = build_task(trial, world, config.get("cache_dir"))
     model = build_model(trial)
     if config.get("init_from"):  # a fine-tune starts from a trained (or patched) model's full weights
-        from reliscale.patching import checkpoint_weights
+        from reliscale.patch.interpolate import checkpoint_weights
 
         model.load_state_dict(checkpoint_weights(config["init_from"]))
     if spec.train.activation_checkpointing:

@@ -3,7 +3,7 @@
 Ray 2.60 runs Train V2, where `Tuner(TorchTrainer)` is refused; each Tune trial
 is therefore a function that builds and fits its own data-parallel trainer, whose
 controller runs in the trial and hands the workers' reports to Tune
-(`reliscale.trainer`). The Tune trial holds a token 0.01 CPU; its workers hold the
+(`reliscale.trial.trainer`). The Tune trial holds a token 0.01 CPU; its workers hold the
 real resources.
 
 Everything that can fail cheaply is checked before the first trial starts: the
@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 
 from reliscale import tracking
-from reliscale.plan import param_counts, plan_trial
-from reliscale.spec import (
+from reliscale.driver.plan import param_counts, plan_trial
+from reliscale.spec.schema import (
     TRIAL_CPU,
     SpecError,
     StudySpec,
@@ -151,7 +151,7 @@ def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: fl
     results = fit_trials(trials, {k: r.flops for k, r in rows.items()}, run_ids, finished, paths, "tune",
                          progress_interval_s)
     if spec.patch is not None and not [r for r in results if r.error]:
-        from reliscale.patch_stage import run_patch_stage
+        from reliscale.patch.stage import run_patch_stage
 
         results += run_patch_stage(spec, trials, paths, runs, progress_interval_s)
     errors = [r for r in results if r.error]
@@ -166,8 +166,8 @@ def fit_trials(trials: list[TrialConfig], flops: dict[str, float], run_ids: dict
     """Run trials as one Ray Tune grid named `tune_name` (continuing it if it was stopped)."""
     from ray import tune
 
-    from reliscale.progress import ProgressView
-    from reliscale.trial import run_trial
+    from reliscale.driver.progress import ProgressView
+    from reliscale.trial.run import run_trial
 
     spec = trials[0].spec
     trainable = tune.with_resources(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-from reliscale import ladder
-from reliscale.spec import StudySpec, TrialConfig, expand
+from reliscale.spec import ladder
+from reliscale.spec.schema import StudySpec, TrialConfig, expand
 
 GPU_MEMORY_GB = 80.0
 
@@ -32,7 +32,7 @@ def sequence_lengths(trial: TrialConfig) -> tuple[int, int]:
         return 2 * data.points, 0
     if data.task == "lm":
         return data.seq_len, 0
-    from reliscale.models import SIGNAL_LENGTH, SIGNAL_PATCH
+    from reliscale.models.build import SIGNAL_LENGTH, SIGNAL_PATCH
 
     patches = SIGNAL_LENGTH // SIGNAL_PATCH
     if trial.family == "vit":
@@ -64,7 +64,7 @@ def memory_terms(trial: TrialConfig, counts: dict[str, int]) -> dict[str, float]
     buckets beyond those; activations: what autograd keeps for backward; runtime: what a
     worker gains on first use; heap: activation blocks glibc keeps resident on CPU workers.
     """
-    from reliscale.engine import deepspeed_config
+    from reliscale.worker.engine import deepspeed_config
 
     spec = trial.spec
     train, workers = spec.train, spec.resources.workers
@@ -97,7 +97,7 @@ def plan_trial(trial: TrialConfig, counts: dict[str, int]) -> PlanRow:
 
 def param_counts(trials: list[TrialConfig]) -> dict[str, dict[str, int]]:
     """Exact counts per trial; one meta-device model per distinct architecture."""
-    from reliscale.models import meta_param_counts
+    from reliscale.models.build import meta_param_counts
 
     by_arch: dict[tuple, dict[str, int]] = {}
     out = {}

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from reliscale.ranks import several_ranks
+from reliscale.worker.ranks import several_ranks
 
 
 def global_group_means(losses: torch.Tensor, groups: torch.Tensor,

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from reliscale import tracking
-from reliscale.spec import StudySpec, expand
+from reliscale.spec.schema import StudySpec, expand
 
 SHOWN = ("train/loss", "eval/id/mse", "eval/id/ls_ratio", "eval/id/accuracy", "eval/id/ece", "eval/id/loss")
 
 
 def study_status(spec: StudySpec, root: Path) -> list[dict]:
-    from reliscale.study import StudyPaths
+    from reliscale.driver.study import StudyPaths
 
     paths = StudyPaths(spec, root)
     runs = tracking.StudyRuns(paths.tracking_uri, spec.name).trial_runs()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from reliscale.ranks import several_ranks
+from reliscale.worker.ranks import several_ranks
 
 EVAL_CHUNK = 128
 
@@ -91,7 +91,7 @@ class ICLEvaluator:
 
     def write_artifacts(self, folder: Path) -> list[Path]:
         """Per split: the error curve (CSV) and a plot of model vs baselines (PNG)."""
-        from reliscale.plots import icl_curve_plot
+        from reliscale.evaluation.plots import icl_curve_plot
 
         paths = []
         for name, curve in self.curves.items():
@@ -150,7 +150,7 @@ class ClassificationEvaluator:
     AUROC, AURC, selective accuracy; on shifted splits also the gap to `id`; on `ood` the
     detection metrics (MSP, entropy and, for a GP head, variance as the score); the worst
     class and worst shifted split; on `fewshot` the linear probe's accuracy at every k
-    (`reliscale.fewshot`), overall and on the classes training never showed.
+    (`reliscale.evaluation.fewshot`), overall and on the classes training never showed.
     """
 
     def __init__(self, stream, splits: tuple[str, ...], metrics: tuple[str, ...] | None):
@@ -173,7 +173,7 @@ class ClassificationEvaluator:
         head.sync_precision()
 
     def run(self, model, device, rank: int, world: int) -> dict[str, float]:
-        from reliscale.metrics import evaluate_classification
+        from reliscale.evaluation.metrics import evaluate_classification
 
         with torch.no_grad():
             self._fit_gp_precision(model, device, rank, world)
@@ -212,7 +212,7 @@ class ClassificationEvaluator:
         return {k: v for k, v in out.items() if _wanted(k.rsplit("/", 1)[1], self.metrics)}
 
     def _fewshot(self, support: np.ndarray, query: np.ndarray) -> dict[str, float]:
-        from reliscale.fewshot import fewshot_metrics
+        from reliscale.evaluation.fewshot import fewshot_metrics
         from reliscale.tasks.images import OOD_CLASSES
 
         _, ys, _, yq = self.fewshot
@@ -222,7 +222,7 @@ class ClassificationEvaluator:
 
     def write_artifacts(self, folder: Path) -> list[Path]:
         """Reliability diagram and risk-coverage plot of `id`, and every split's predictions."""
-        from reliscale.plots import reliability_diagram, risk_coverage_plot
+        from reliscale.evaluation.plots import reliability_diagram, risk_coverage_plot
 
         if not self.predictions:
             return []

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reliscale.spec import Mixture, TrialConfig, mixture_name
+from reliscale.spec.schema import Mixture, TrialConfig, mixture_name
 
 CKPT_TAG = "ds"  # the DeepSpeed tag trials save their checkpoints under (train.py)
 HELDOUT_SEED = 7919  # held-out prompts are the eval split of seed + HELDOUT_SEED
@@ -105,7 +105,7 @@ def eval_tasks(trial: TrialConfig, mixtures: list[Mixture], cache_dir: str | Pat
 
 def predict_like_trial(model: torch.nn.Module, split, workers: int) -> np.ndarray:
     """The trial evaluator's predictions: the split padded and cut into one shard per worker."""
-    from reliscale.evaluate import predict_split
+    from reliscale.evaluation.evaluators import predict_split
 
     n = len(split.x)
     device = next(model.parameters()).device
@@ -154,7 +154,7 @@ def sweep(model: torch.nn.Module, base: dict[str, torch.Tensor], ft: dict[str, t
 
 def tradeoff_plot(path: Path, curve: Curve, supported: str) -> Path:
     """Left: each task's reported metric vs α (chosen α marked). Right: supported vs patching tasks."""
-    from reliscale.plots import _pyplot, _save
+    from reliscale.evaluation.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -192,7 +192,7 @@ def sweep_checkpoints(trial: TrialConfig, base_path: str, ft_paths: list[str], m
     `mixtures[0]` is the supported task. With `save_to`, the patched weights θ(chosen α) are
     saved there (sequential patching fine-tunes them next).
     """
-    from reliscale.models import build_model
+    from reliscale.models.build import build_model
 
     base = checkpoint_weights(base_path)
     ft = average([checkpoint_weights(p) for p in ft_paths])

@@ -37,7 +37,7 @@ def icl_curve_plot(path: Path, split: str, curve: np.ndarray, baselines: dict[st
 
 def reliability_diagram(path: Path, probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> Path:
     """Accuracy vs confidence in equal-width bins; each bar is labelled with its example count."""
-    from reliscale.metrics import ece
+    from reliscale.evaluation.metrics import ece
 
     conf, correct = probs.max(1), probs.argmax(1) == labels
     bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
@@ -58,7 +58,7 @@ def reliability_diagram(path: Path, probs: np.ndarray, labels: np.ndarray, n_bin
 
 
 def risk_coverage_plot(path: Path, probs: np.ndarray, labels: np.ndarray) -> Path:
-    from reliscale.metrics import aurc, risk_coverage
+    from reliscale.evaluation.metrics import aurc, risk_coverage
 
     coverage, risk = risk_coverage(probs, labels)
     plt = _pyplot()

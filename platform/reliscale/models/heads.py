@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from reliscale.ranks import several_ranks
+from reliscale.worker.ranks import several_ranks
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Kept light on purpose: the Tune trial actor imports this module, and the
 workers import the heavy training stack (torch, DeepSpeed, transformers) only
 inside `worker_loop`; the trainer's backend (`rendezvous.EnvRendezvous`) is torch-free
-too, so the trial actor, which also runs the Train controller (`reliscale.trainer`), never
+too, so the trial actor, which also runs the Train controller (`reliscale.trial.trainer`), never
 imports torch.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 
-from reliscale.spec import TrialConfig
+from reliscale.spec.schema import TrialConfig
 
 
 def import_training_stack():
@@ -25,7 +25,7 @@ def import_training_stack():
     enabled = gc.isenabled()
     gc.disable()
     try:
-        from reliscale.train import train_loop
+        from reliscale.worker.loop import train_loop
     finally:
         gc.freeze()
         if enabled:
@@ -52,8 +52,8 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
         return
     import ray.train
 
-    from reliscale.rendezvous import EnvRendezvous
-    from reliscale.trainer import ReportToTune, TrialTrainer, remove_recorded_placement_group
+    from reliscale.trial.rendezvous import EnvRendezvous
+    from reliscale.trial.trainer import ReportToTune, TrialTrainer, remove_recorded_placement_group
 
     trial = trials[config["trial_id"]]
     # the workers' placement group of an earlier try whose trial actor died with its controller in it

@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from reliscale.alphas import parse_alphas
-from reliscale.patching import REPORTED, final_checkpoint
-from reliscale.spec import SpecError, StudySpec, TrialConfig, expand, mixture_name
+from reliscale.patch.alphas import parse_alphas
+from reliscale.patch.interpolate import REPORTED, final_checkpoint
+from reliscale.spec.schema import SpecError, StudySpec, TrialConfig, expand, mixture_name
 from reliscale.tasks.registry import ICL_CLASSES
 
 
@@ -20,7 +20,7 @@ def _trial_folder(ckpt: Path) -> Path:
 
 
 def _find_study(args, problems: list[str]) -> tuple[StudySpec, Path] | None:
-    from reliscale.study import SPEC_FILE, default_root, load_study_spec
+    from reliscale.driver.study import SPEC_FILE, default_root, load_study_spec
 
     root = args.root or default_root()
     if args.study:
@@ -98,9 +98,9 @@ def check_args(args) -> tuple[TrialConfig, list[dict[str, float]], tuple[float, 
 
 def run_patch_command(args) -> int:
     from reliscale import tracking
-    from reliscale.patch_stage import log_curve, patch_run
-    from reliscale.patching import sweep_checkpoints, tradeoff_plot, write_csv
-    from reliscale.study import StudyPaths
+    from reliscale.driver.study import StudyPaths
+    from reliscale.patch.interpolate import sweep_checkpoints, tradeoff_plot, write_csv
+    from reliscale.patch.stage import log_curve, patch_run
 
     trial, tasks, alphas, folder, spec = check_args(args)
     base = final_checkpoint(_trial_folder(args.base))

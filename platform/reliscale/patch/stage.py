@@ -16,7 +16,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 
 from reliscale import tracking
-from reliscale.spec import Mixture, PatchSpec, StudySpec, TrialConfig, mixture_name
+from reliscale.spec.schema import Mixture, PatchSpec, StudySpec, TrialConfig, mixture_name
 
 FINETUNE, PATCH = "finetune", "patch"
 PATCH_ID = "reliscale.patch_id"
@@ -79,7 +79,7 @@ def log_curve(client, run_id: str, curve, supported: str) -> None:
     A key's whole history goes in one batch and keys the run already has are skipped, so a
     driver stopped while logging and started again logs nothing twice.
     """
-    from reliscale.patching import REPORTED, tradeoff_plot, write_csv
+    from reliscale.patch.interpolate import REPORTED, tradeoff_plot, write_csv
 
     now = int(time.time() * 1000)
     report_avg, heldout_avg = curve.report_average(), curve.heldout_average()
@@ -146,9 +146,9 @@ def run_patch_stage(spec: StudySpec, trials: list[TrialConfig], paths, runs: tra
     """Fine-tune every selected trial, sweep α per trial; returns the fine-tunes' Tune results."""
     import ray
 
-    from reliscale.patching import final_checkpoint, sweep_checkpoints
-    from reliscale.plan import param_counts, plan_trial
-    from reliscale.study import fit_trials
+    from reliscale.driver.plan import param_counts, plan_trial
+    from reliscale.driver.study import fit_trials
+    from reliscale.patch.interpolate import final_checkpoint, sweep_checkpoints
 
     p = spec.patch
     bases = _trained([t for t in trials if p.trials is None or t.trial_id in p.trials], runs, {})

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 ROLE = "reliscale.role"
 TRIAL_ID = "reliscale.trial_id"
-STUDY = "reliscale.study"
+STUDY = "reliscale.driver.study"
 OUTCOME = "reliscale.outcome"  # "diverged" on a trial stopped for a non-finite loss or gradients
 DIVERGED_WHY = "reliscale.diverged"  # and what was not finite
 PARENT = "mlflow.parentRunId"

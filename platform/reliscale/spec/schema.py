@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from reliscale import ladder
+from reliscale.spec import ladder
 from reliscale.tasks.registry import TASKS, TaskInfo
 
 # ------------------------------------------------------------------ schema
@@ -309,7 +309,7 @@ class PatchSpec(_Section):
     @field_validator("alphas", mode="before")
     @classmethod
     def _alpha_grid(cls, v: Any) -> tuple[float, ...]:
-        from reliscale.alphas import check_alphas, parse_alphas
+        from reliscale.patch.alphas import check_alphas, parse_alphas
 
         try:
             return parse_alphas(v) if isinstance(v, str) else check_alphas(_as_tuple(v))

@@ -1,0 +1,1 @@
+"""The driver process: runs a study (Ray Tune over trials), its live view, status and plan."""

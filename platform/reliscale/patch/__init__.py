@@ -1,0 +1,1 @@
+"""PAINT: weight interpolation between a trained and a fine-tuned checkpoint, its sweep and stage."""

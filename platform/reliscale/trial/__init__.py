@@ -1,0 +1,1 @@
+"""The Tune trial actor: builds and fits one Ray Train trainer per trial, with its rendezvous."""
