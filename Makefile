@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml
 demo: .venv
 	$(VENV)/bin/reliscale run jobs/icl_smoke.yaml --progress-every 30
 	@echo
-	@echo "MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath studies/icl_smoke/mlflow.db)"
-	@echo "Scaling-law report:  $(VENV)/bin/reliscale fit --experiment icl_smoke --tracking-uri sqlite:///$(abspath studies/icl_smoke/mlflow.db) --metric eval/id/mse --form chinchilla --report studies/icl_smoke/report"
+	@echo "Refit with other options:  $(VENV)/bin/reliscale fit --experiment icl_smoke --tracking-uri sqlite:///$(abspath studies/icl_smoke/mlflow.db) --metric eval/id/mse --form chinchilla --bootstrap 200"
 
 test: .venv postgres
 	$(VENV)/bin/pytest -q --durations=30
@@ -33,6 +32,8 @@ postgres:
 
 bench: .venv
 	$(PY) bench/bench_data.py
+	$(PY) bench/bench_tokenize.py
+	$(PY) bench/bench_images.py
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/bench_fit.py
 	$(PY) bench/bench_optimizer.py
 	$(PY) bench/bench_step.py

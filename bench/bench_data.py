@@ -19,9 +19,9 @@ from record import machine, write_run
 
 from reliscale.models.build import SIGNAL_LENGTH, SIGNAL_PATCH, Classifier, ICLDecoder, ViTBackbone
 from reliscale.spec.ladder import DECODER_LADDER, VIT_LADDER, ModelSize
-from reliscale.tasks import ClassificationStream
+from reliscale.tasks.classification import ClassificationStream
 from reliscale.tasks.icl import ICLTask
-from reliscale.tasks.images import NUM_CLASSES, ImageTask
+from reliscale.tasks.mnist1d import NUM_CLASSES, MNIST1DTask
 
 MICRO = 32
 
@@ -61,7 +61,7 @@ def main() -> None:
             model = ICLDecoder(DECODER_LADDER["S0"], 8, 16)
             step = step_s(model, lambda i, t=task: t.train_batch(i, 0, 0, MICRO))
             rows.append((name, "decoder S0", sample, step))
-        stream = ClassificationStream(ImageTask(0, 65536, 64, tmp), world=1, accumulation=1)
+        stream = ClassificationStream(MNIST1DTask(0, 65536, 64, tmp), world=1, accumulation=1)
         stream.train_batch(0, 0, 0, MICRO)  # generate + cache the training set once
         sample = per_call_s(lambda i: stream.train_batch(i, 0, 0, MICRO))
         size = ModelSize("S0", VIT_LADDER["S0"])

@@ -47,8 +47,7 @@ def loop_ms(trial, port: int) -> float:
     set_rank_env(0, 1, port)
     spec = trial.spec
     torch.set_num_threads(spec.resources.threads_per_worker)
-    from reliscale.models.build import build_model
-    from reliscale.tasks import build_task
+    from reliscale.tasks import build_model, build_task
     from reliscale.worker.engine import build_engine, init_deepspeed_comm
     from reliscale.worker.objectives import build_objective
 

@@ -56,8 +56,7 @@ def worker(rank: int, port: int, size: str, stage: int, steps: int, workers: int
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from reliscale.models.build import build_model
-    from reliscale.tasks import build_task
+    from reliscale.tasks import build_model, build_task
     from reliscale.worker.engine import build_engine, init_deepspeed_comm
 
     init_deepspeed_comm()

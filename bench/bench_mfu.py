@@ -77,8 +77,8 @@ def cpu_matmul_peak(dtype: torch.dtype) -> float:
 
 
 def measure(trial, steps: int, warmup: int, device: torch.device) -> dict[str, float]:
-    from reliscale.models.build import build_model, count_params
-    from reliscale.tasks import build_task
+    from reliscale.models.build import count_params
+    from reliscale.tasks import build_model, build_task
     from reliscale.worker.engine import build_engine
 
     torch.manual_seed(trial.seed)

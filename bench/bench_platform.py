@@ -45,9 +45,8 @@ PARTS = ("time/setup_s", "time/deepspeed_init_s", "time/train_s", "time/eval_s",
 
 def plain_loop(trial) -> float:
     """One trial in one process: same data, model, optimizer, schedule and eval points."""
-    from reliscale.evaluation.evaluators import eval_schedule
-    from reliscale.models.build import build_model
-    from reliscale.tasks import build_evaluator, build_task
+    from reliscale.evaluation.predict import eval_schedule
+    from reliscale.tasks import build_evaluator, build_model, build_task
     from reliscale.worker.engine import lr_lambda
     from reliscale.worker.objectives import build_objective
 

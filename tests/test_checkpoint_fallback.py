@@ -1,7 +1,7 @@
 """A corrupted newest checkpoint: the trial falls back to the previous one and says so.
 
 Real DeepSpeed (ZeRO-2, gloo, one process) writes two real checkpoints; the newest is then
-corrupted, and `train._restore` is handed it as Ray Train would (a real `ray.train.Checkpoint`).
+corrupted, and `checkpoints.restore` is handed it as the loop hands it Ray Train's checkpoint folder.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ SCRIPT = textwrap.dedent('''
     import logging, os, sys
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     from pathlib import Path
-    import ray.train, torch
+    import torch
     sys.path.insert(0, "tests")
     from conftest import tiny_icl_spec
-    from reliscale.worker import loop as train
+    from reliscale.worker.checkpoints import restore
     from reliscale.worker.engine import build_engine, init_deepspeed_comm
-    from reliscale.models.build import build_model
+    from reliscale.tasks import build_model
     from reliscale.worker.objectives import build_objective
     from reliscale.spec.schema import expand, validate
     from reliscale.tasks import build_task
@@ -53,9 +53,8 @@ SCRIPT = textwrap.dedent('''
     newest = root / "trial" / "step_000000002" / "ds" / "mp_rank_00_model_states.pt"
     newest.write_bytes(b"not a checkpoint")
 
-    ray.train.get_checkpoint = lambda: ray.train.Checkpoint.from_directory(str(newest.parent.parent))
     fresh = engine()
-    resumed = train._restore(fresh, build_objective("erm", 1, 0.1))
+    resumed = restore(fresh, build_objective("erm", 1, 0.1), newest.parent.parent)
     same = all(torch.equal(a, b) for a, b in zip(saved[1], fresh.module.parameters()))
     print(f"RESUMED_AT={resumed} WEIGHTS_OF_STEP_1={same}")
 ''')

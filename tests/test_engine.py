@@ -10,9 +10,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from reliscale.models.build import build_model
 from reliscale.spec.schema import expand, validate
-from reliscale.tasks import build_task
+from reliscale.tasks import build_model, build_task
 from reliscale.worker.engine import build_engine, init_deepspeed_comm
 
 from conftest import free_port, run_rank0_script, tiny_icl_spec
@@ -24,7 +23,7 @@ SCRIPT = textwrap.dedent('''
     sys.path.insert(0, "tests")
     from conftest import tiny_icl_spec
     from reliscale.worker.engine import build_engine, init_deepspeed_comm
-    from reliscale.models.build import build_model
+    from reliscale.tasks import build_model
     from reliscale.spec.schema import expand, validate
     from reliscale.tasks import build_task
 

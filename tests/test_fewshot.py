@@ -7,10 +7,9 @@ import torch
 from sklearn.linear_model import RidgeClassifier
 
 from reliscale.evaluation.fewshot import SHOTS, fewshot_metrics, ridge_probe, support_sets
-from reliscale.models.build import build_model
 from reliscale.spec.schema import expand, load_spec
-from reliscale.tasks import build_evaluator, build_task
-from reliscale.tasks.registry import CLASSIFICATION_METRICS
+from reliscale.tasks import build_evaluator, build_model, build_task
+from reliscale.tasks.classification import CLASSIFICATION_METRICS
 
 
 def _reference_scores(xs, ys, xq, l2):

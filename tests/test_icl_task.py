@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reliscale.evaluation.evaluators import eval_schedule
+from reliscale.evaluation.icl import icl_metrics
+from reliscale.evaluation.predict import eval_schedule
 from reliscale.tasks.icl import (
+    ICL_CLASSES,
     ICLTask,
     baseline_errors,
-    icl_metrics,
     lasso,
     ood_class,
+    parse_convex_split,
     sample_prompts,
 )
-from reliscale.tasks.registry import ICL_CLASSES, parse_convex_split
 
 
 def task(tmp_path, **kw) -> ICLTask:

@@ -9,7 +9,8 @@ from reliscale.spec.schema import load_spec
 
 GPU_JOBS = ["lm_ladder_1b", "vit_plex", "t5_plex", "pali_joint", "icl_mixtures", "task_robust"]
 CPU_JOBS = ["icl_smoke", "icl_tiny", "vit_plex_smoke", "icl_mixtures_smoke", "task_robust_smoke",
-            "pali_joint_smoke", "lm_smoke", "icl_patch_smoke"]
+            "pali_joint_smoke", "lm_smoke", "icl_patch_smoke", "lm_text_smoke", "lm_ladder_cpu", "images_smoke",
+            "images_grid"]
 
 
 def test_every_job_file_is_listed_here(repo):

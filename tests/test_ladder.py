@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from reliscale.models.build import meta_param_counts
 from reliscale.spec import ladder
 from reliscale.spec.schema import expand, load_spec
+from reliscale.tasks import meta_param_counts
 
 
 def llama_params(d: int, layers: int, ffn: int, vocab: int) -> tuple[int, int]:

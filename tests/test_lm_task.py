@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reliscale.tasks.lm import EVAL_FRACTION, LMTask, MarkovLanguage
+from reliscale.tasks.lm import LMTask, MarkovLanguage
 
 
 def test_loss_floor_matches_the_mean_log_loss_of_the_true_chain_on_samples():
@@ -28,17 +28,3 @@ def test_training_batches_are_a_pure_function_of_seed_rank_step_micro(tmp_path):
     a = task.train_batch(4, 1, 0, 5)["tokens"]
     assert a.shape == (5, 17) and np.array_equal(a, task.train_batch(4, 1, 0, 5)["tokens"])
     assert not np.array_equal(a, task.train_batch(4, 1, 1, 5)["tokens"])
-
-
-def test_token_file_trains_on_its_head_and_evaluates_on_its_held_out_tail(tmp_path):
-    tokens = np.arange(20_000, dtype=np.uint16)  # token value = position in the file
-    path = tmp_path / "tokens.u16"
-    tokens.tofile(path)
-    task = LMTask(20_000, 8, seed=0, eval_examples=64, cache_dir=tmp_path, path=str(path))
-    split_at = int(len(tokens) * (1 - EVAL_FRACTION))
-    train = np.concatenate([task.train_batch(step, 0, 0, 16)["tokens"] for step in range(20)])
-    assert np.all(np.diff(train, axis=1) == 1)  # contiguous windows of the file
-    assert train.max() < split_at
-    held = task.split("id")["tokens"]
-    assert held.min() >= split_at and np.all(np.diff(held, axis=1) == 1)
-    assert np.isnan(task.split("id")["baseline_floor"])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reliscale.models.build import build_model, count_params, meta_param_counts
+from reliscale.models.build import count_params
 from reliscale.spec.schema import expand, validate
-from reliscale.tasks.images import NUM_CLASSES
+from reliscale.tasks import build_model, meta_param_counts
+from reliscale.tasks.mnist1d import NUM_CLASSES
 
 from conftest import tiny_icl_spec
 

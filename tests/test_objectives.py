@@ -44,3 +44,23 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
     assert f(9) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
     assert f(100) == pytest.approx(0.1)
+
+
+def test_erm_group_losses_are_the_means_since_the_last_call():
+    obj = build_objective("erm", 2, 0.1)
+    obj(torch.tensor([1.0, 3.0]), torch.tensor([0, 1]))
+    obj(torch.tensor([2.0, 5.0, 7.0]), torch.tensor([0, 1, 1]))
+    assert obj.group_losses() == pytest.approx([1.5, 5.0])
+    obj(torch.tensor([4.0]), torch.tensor([1]))
+    assert obj.group_losses() == pytest.approx([0.0, 4.0])  # an unseen group logs 0, as before
+
+
+def test_minimax_steps_its_weights_once_per_micro_batch():
+    # Two micro-batches of one optimizer step (gradient accumulation 2) take two steps, each on
+    # its own micro-batch's group means: the same weights as two calls in a row.
+    obj = build_objective("minimax", 2, step_size=0.5)
+    obj(torch.tensor([1.0, 3.0]), torch.tensor([0, 1]))
+    obj(torch.tensor([2.0, 2.0]), torch.tensor([0, 1]))
+    log_q = torch.log(torch.tensor([0.5, 0.5], dtype=torch.float64)) + 0.5 * torch.tensor([3.0, 5.0], dtype=torch.float64)
+    assert obj.weights() == pytest.approx(torch.softmax(log_q, 0).tolist())
+    assert obj.group_losses() == pytest.approx([2.0, 2.0])

@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from reliscale.cli import main
-from reliscale.models.build import build_model
+from reliscale.evaluation.icl import icl_metrics
 from reliscale.patch.alphas import parse_alphas
 from reliscale.patch.interpolate import (
     REPORTED,
     average,
-    checkpoint_weights,
     eval_tasks,
     interpolate,
     predict_like_trial,
@@ -22,7 +21,8 @@ from reliscale.patch.interpolate import (
 )
 from reliscale.patch.stage import finetune_trial, stages
 from reliscale.spec.schema import SpecError, expand, validate
-from reliscale.tasks.icl import icl_metrics
+from reliscale.tasks import build_model
+from reliscale.worker.checkpoints import checkpoint_weights
 
 from conftest import run_rank0_script, tiny_icl_spec
 
@@ -218,9 +218,9 @@ CHECKPOINT_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, "tests")
     from conftest import run_rank0_script, tiny_icl_spec
     from reliscale.worker.engine import build_engine, init_deepspeed_comm
-    from reliscale.models.build import build_model
-    from reliscale.patch.interpolate import checkpoint_weights
+    from reliscale.tasks import build_model
     from reliscale.spec.schema import expand, validate
+    from reliscale.worker.checkpoints import checkpoint_weights
 
     init_deepspeed_comm()
     for stage in (0, 1, 2):

@@ -18,16 +18,11 @@ from mlflow.tracking import MlflowClient
 
 from reliscale.cli import main
 from reliscale.driver.study import StudyPaths, run_study
-from reliscale.models.build import build_model
-from reliscale.patch.interpolate import (
-    REPORTED,
-    checkpoint_weights,
-    eval_tasks,
-    final_checkpoint,
-    predict_like_trial,
-)
+from reliscale.evaluation.icl import icl_metrics
+from reliscale.patch.interpolate import REPORTED, eval_tasks, predict_like_trial
 from reliscale.spec.schema import expand, load_spec, validate
-from reliscale.tasks.icl import icl_metrics
+from reliscale.tasks import build_model
+from reliscale.worker.checkpoints import checkpoint_weights, final_checkpoint
 from scalinglaws.load import load_study
 
 from conftest import tiny_icl_spec

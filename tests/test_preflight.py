@@ -68,12 +68,13 @@ def test_trial_params_hold_the_axes_and_costs_only(tmp_path, monkeypatch):
     params = tracking.trial_params(trial, {"n_params": 10, "n_params_nonembedding": 8}, 1e9)
     assert set(params) == {"trial_id", "family", "size", "data_size", "data_unit", "task", "flops",
                            "objective", "technique", "mixture", "seed", "zero_stage", "workers",
-                           "precision", "batch_size", "lr", "n_params", "n_params_nonembedding"}
+                           "precision", "batch_size", "lr", "weight_decay", "n_params", "n_params_nonembedding"}
     assert "do-not-log" not in str(params)
 
 
-def test_a_missing_token_file_is_refused_before_any_trial(repo, tmp_path):
+def test_a_missing_dataset_is_refused_before_any_trial(repo, tmp_path):
     spec = load_spec(repo / "jobs" / "lm_ladder_1b.yaml")
-    with pytest.raises(SpecError, match=r"data.path: '/mnt/shared/data/tokens.u16' is not a file on this machine"):
+    with pytest.raises(SpecError, match=r"data.path: '/mnt/shared/data/web_code' is not a prepared dataset on "
+                                        r"this machine \(no manifest.json\)"):
         run_study(spec, tmp_path)
     assert not (tmp_path / spec.name).exists()

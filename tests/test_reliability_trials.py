@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reliscale.spec.schema import load_spec
-from reliscale.tasks.registry import CLASSIFICATION_METRICS
+from reliscale.tasks.classification import CLASSIFICATION_METRICS
 
 from conftest import run_trials
 

@@ -10,7 +10,7 @@ from test_scalinglaws_load import shared_study
 
 from scalinglaws.cli import main
 
-KEYS = {"form", "x", "y", "params", "ci", "n_points", "loss"}
+KEYS = {"form", "x", "y", "params", "ci", "n_points", "loss", "diagnostics"}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -37,6 +37,7 @@ def test_csv_fit_prints_the_json_contract(csv_path):
     for k, (lo, hi) in result["ci"].items():
         assert lo <= result["params"][k] <= hi, k
     assert result["loss"] > 0
+    assert result["diagnostics"] == []  # 36 clean points: nothing to distrust
 
 
 def test_csv_fit_with_holdout_adds_the_extrapolation_errors(csv_path):
@@ -121,5 +122,17 @@ def test_trials_left_out_of_the_fit_are_named_on_one_warning_line(tmp_path, caps
                  "--form", "power", "--x", "data_size", "--json"])
     captured = capsys.readouterr()
     assert code == 0 and json.loads(captured.out)["n_points"] == 3
-    warned = [line for line in captured.err.splitlines() if "warning" in line.lower()]
+    warned = [line for line in captured.err.splitlines() if "left out" in line]
     assert warned == ["warning: 1 trial(s) left out of the final points, not trained through their budget: t3 (diverged)"]
+
+
+def test_the_points_a_study_fit_used_are_written_as_a_csv_that_refits_to_the_same_law(study, tmp_path):
+    args = ("--metric", "eval/val/loss", "--form", "chinchilla", "--json")
+    points = tmp_path / "points.csv"
+    first = run_cli("--experiment", "toy_study", "--tracking-uri", study, "--points-csv", str(points), *args)
+    assert first.returncode == 0, first.stderr
+    again = run_cli("--csv", str(points), *args)
+    assert again.returncode == 0, again.stderr
+    a, b = json.loads(first.stdout), json.loads(again.stdout)
+    assert a["n_points"] == b["n_points"] == 12
+    assert b["params"] == pytest.approx(a["params"], rel=1e-9)

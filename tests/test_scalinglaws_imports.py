@@ -6,7 +6,8 @@ import sys
 SUBMODULES = ["scalinglaws", "scalinglaws.laws", "scalinglaws.optim", "scalinglaws.load",
               "scalinglaws.bootstrap", "scalinglaws.validate", "scalinglaws.derived",
               "scalinglaws.correlation", "scalinglaws.summary", "scalinglaws.plots",
-              "scalinglaws.report", "scalinglaws.cli"]
+              "scalinglaws.report", "scalinglaws.cli", "scalinglaws.diagnostics",
+              "scalinglaws.select", "scalinglaws.publish"]
 HEAVY = ["ray", "torch", "deepspeed", "transformers"]
 LAZY = ["matplotlib", "mlflow"]  # imported inside the functions that use them
 

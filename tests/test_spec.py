@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reliscale.spec.schema import SpecError, TrialConfig, expand, load_spec
+from reliscale.spec.schema import SpecError, TrialConfig, expand, load_spec, validate
 
 from conftest import tiny_icl_spec
 
@@ -60,7 +60,7 @@ def test_unknown_task_is_refused_with_the_task_list(write_spec):
     doc = tiny_icl_spec()
     doc["data"]["task"] = "icll"
     msg = problems(write_spec, doc)
-    assert "data.task: 'icll' is not a task; allowed: icl, mnist1d, lm (did you mean 'icl'?)" in msg
+    assert "data.task: 'icll' is not a task; allowed: icl, mnist1d, lm, images (did you mean 'icl'?)" in msg
 
 
 def test_unknown_family_is_refused(write_spec):
@@ -206,3 +206,41 @@ def test_inverse_width_lr_rule_scales_each_trials_lr_by_its_width(write_spec):
     assert lrs == {"S0": pytest.approx(2e-3), "S2": pytest.approx(1e-3)}  # widths 64 and 128
     doc["train"]["optimizer"]["lr_scaling"] = "fixed"
     assert {t.lr for t in expand(load_spec(write_spec(doc)))} == {1e-3}
+
+
+def test_a_list_of_learning_rates_is_a_grid_axis_with_its_value_in_trial_ids_and_trial_specs():
+    doc = tiny_icl_spec(train={"optimizer": {"lr": [1e-3, 3e-3], "weight_decay": [0.0, 0.1]}})
+    doc["data"]["batch_size"] = [32, 64]
+    spec = validate(doc)
+    trials = expand(spec)
+    assert len(trials) == 8 and len({t.trial_id for t in trials}) == 8
+    t = next(t for t in trials if "_lr0.003_bs64_wd0.1_" in t.trial_id)
+    assert t.lr == 3e-3 and t.spec.data.batch_size == 64 and t.spec.train.optimizer.weight_decay == 0.1
+    assert dict(t.hyperparameters) == {"lr": 3e-3, "batch_size": 64, "weight_decay": 0.1}
+    assert t.spec.micro_batch() == 32 and t.data_per_step == 64  # the trial's own batch, two workers
+    # a list of one value is that value: no axis, and the ids stay as they were
+    one = expand(validate(tiny_icl_spec(train={"optimizer": {"lr": [2e-3]}})))
+    assert one[0].lr == 2e-3 and "_lr" not in one[0].trial_id
+
+
+def test_bad_hyperparameter_values_are_refused_naming_the_item(write_spec):
+    msg = problems(write_spec, tiny_icl_spec(train={"optimizer": {"lr": [1e-3, -1.0]}}))
+    assert "train.optimizer.lr[1]: -1.0 is not allowed; allowed: > 0" in msg
+    msg = problems(write_spec, tiny_icl_spec(train={"optimizer": {"lr": [1e-3, 1e-3]}}))
+    assert "train.optimizer.lr: [0.001, 0.001] repeats a value" in msg
+    doc = tiny_icl_spec()
+    doc["data"]["batch_size"] = [32, 33]
+    assert "data.batch_size: 33 is not divisible by resources.workers=2" in problems(write_spec, doc)
+
+
+def test_the_laws_a_spec_names_are_checked_before_anything_runs(write_spec):
+    law = {"metric": "eval/id/mse", "by": "eval/id/mse"}
+    msg = problems(write_spec, tiny_icl_spec(analysis={"laws": [law]}))
+    assert "analysis.laws[0].by: applies with best_of only" in msg
+    law = {"metric": "eval/id/mse", "best_of": ["momentum"]}
+    msg = problems(write_spec, tiny_icl_spec(analysis={"laws": [law]}))
+    assert "analysis.laws[0].best_of: 'momentum' is not a hyperparameter axis; allowed: lr, batch_size, " \
+           "weight_decay" in msg
+    ok = validate(tiny_icl_spec(analysis={"laws": [{"metric": "eval/id/mse", "form": "power",
+                                                    "x": ["data_size"]}]}))
+    assert ok.analysis.laws[0].bootstrap == 200

@@ -41,7 +41,7 @@ def test_concurrent_trial_loggers_leave_an_intact_sqlite_store_with_every_point_
     # Fresh processes that inherit no store connection (as Ray workers), forked from a server
     # that imported MLflow once: six cold imports of MLflow would dominate the test.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["reliscale.tracking"])
+    ctx.set_forkserver_preload(["reliscale.tracking.logger"])
     start = ctx.Barrier(PROCESSES)
     procs = [ctx.Process(target=log_like_a_trial, args=(uri, run_id, i, start)) for i, run_id in enumerate(runs)]
     for p in procs:

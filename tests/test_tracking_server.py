@@ -19,7 +19,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from reliscale.driver.study import StudyPaths, run_study
-from reliscale.evaluation.evaluators import eval_schedule
+from reliscale.evaluation.predict import eval_schedule
 from reliscale.spec.schema import StudySpec, TrialConfig, expand, validate
 from reliscale.tracking import PARENT, ROLE, TRIAL_ID
 

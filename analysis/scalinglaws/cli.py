@@ -1,10 +1,15 @@
 """Command line: `python -m scalinglaws fit ...`; `reliscale fit ...` calls `main(argv)`.
 
   fit --experiment NAME [--tracking-uri URI] --metric M [--x n_params,data_size] [--form F]
-      [--bootstrap K] [--holdout-largest K] [--report DIR] [--json]
-  fit --csv FILE --x COLS --y COL --form F [--json]
+      [--best-of lr[,batch_size] [--by COL] [--by-mode min|max]]
+      [--bootstrap K] [--holdout-largest K] [--report DIR [--no-log]] [--json]
+  fit --csv FILE --x COLS --y COL --form F [--best-of COLS ...] [--json]
 
-A study is fitted on its trials' final points; a CSV on its rows as they are.
+A study is fitted on its trials' final points; a CSV on its rows as they are. With
+--best-of, only the best trial (by --by, default the fitted metric) of each cell of the
+other axes is fitted, and the winners are printed (and in the JSON under "selection").
+The law's diagnostics (diagnostics.py) are one `warning:` line each on stderr and a list in
+the JSON. A study's --report is also logged to its parent MLflow run unless --no-log.
 Bad input exits with status 2 and a message naming the option, the value and what is allowed.
 """
 
@@ -19,8 +24,11 @@ from pathlib import Path
 import pandas as pd
 
 from scalinglaws.bootstrap import bootstrap
+from scalinglaws.diagnostics import diagnose
 from scalinglaws.laws import FORMS, Law
 from scalinglaws.load import final_points, from_csv, load_study
+from scalinglaws.publish import study_run
+from scalinglaws.select import select_best
 from scalinglaws.summary import describe, json_default, law_summary
 from scalinglaws.validate import holdout_largest
 
@@ -44,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--x", metavar="COLS", help="comma-separated input column(s); default by form: "
                      + "; ".join(f"{k}: {v}" for k, v in DEFAULT_X.items()))
     fit.add_argument("--form", choices=list(FORMS), help="default: chinchilla for 2 x columns, else power")
+    fit.add_argument("--best-of", metavar="COLS", help="swept column(s), e.g. lr or lr,batch_size: fit the "
+                     "best trial of each cell of the other axes")
+    fit.add_argument("--by", metavar="COL", help="with --best-of: the column picking the best trial "
+                     "(default: --metric)")
+    fit.add_argument("--by-mode", choices=["min", "max"], help="with --best-of: lower --by is better (min, "
+                     "default) or higher (max)")
     fit.add_argument("--increasing", action="store_true",
                      help="power/chinchilla: the metric grows with scale towards 1 (fit 1 - y)")
     fit.add_argument("--loss", choices=["huber", "mse"], help="fit objective (default: per form)")
@@ -54,25 +68,54 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--holdout-largest", type=int, default=0, metavar="K",
                      help="also fit without the K largest sizes of the first x column and report the error")
     fit.add_argument("--report", type=Path, metavar="DIR", help="write plots, report.md and laws.json to DIR")
+    fit.add_argument("--no-log", action="store_true", help="with --experiment: do not log the --report to the "
+                     "study's parent run (artifacts, and the law's numbers as law/<metric>/... metrics)")
+    fit.add_argument("--points-csv", type=Path, metavar="FILE", help="also write the points fitted (a study's "
+                     "final points, after --best-of) as a CSV that `fit --csv` reads back")
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
-def _load(args: argparse.Namespace) -> pd.DataFrame:
+def _load(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The points to fit and, with --best-of, the winners table. Warnings (trials left out, an
+    unbracketed optimum) are printed as one line each, without the library's source line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = _read(args)
+        points, winners = _select(args, df)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    return points, winners
+
+
+def _read(args: argparse.Namespace) -> pd.DataFrame:
     if args.csv is not None:
         if not args.csv.is_file():
             raise UsageError(f"--csv: file not found: {args.csv}")
         return from_csv(args.csv)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            points = final_points(load_study(args.experiment, args.tracking_uri))
+        return load_study(args.experiment, args.tracking_uri)
     except LookupError as e:
         raise UsageError(f"--experiment: {e}") from None
-    for w in caught:  # e.g. trials left out: one line each, without the library's source line
-        if issubclass(w.category, UserWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
-    return points
+
+
+def _select(args: argparse.Namespace, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A study's final points, a CSV's rows; with --best-of, the best of each cell."""
+    if args.best_of is None:
+        return (df if args.csv is not None else final_points(df)), None
+    best_of, by, mode = args.best_of.split(","), args.by or args.y, args.by_mode or "min"
+    for option, cols in (("--best-of", best_of), ("--by" if args.by else "--metric", [by])):
+        for col in cols:
+            if col not in df.columns:
+                raise UsageError(f"{option}: column {col!r} not found; available: {', '.join(map(str, df.columns))}")
+    try:
+        if args.csv is not None:
+            return select_best(df, best_of, by, mode)
+        points = final_points(df, best_of, by, mode)
+    except ValueError as e:
+        raise UsageError(f"--by {by}: {e}") from None
+    return points, pd.DataFrame(points.attrs["winners"])
 
 
 def _make_law(args: argparse.Namespace, df: pd.DataFrame) -> Law:
@@ -116,8 +159,16 @@ def fit_command(args: argparse.Namespace) -> int:
         raise UsageError("--bootstrap / --holdout-largest: must be >= 0")
     if not 0 < args.level < 1:
         raise UsageError(f"--level: must be in (0, 1), got {args.level}")
-    df = _load(args)
+    if (args.by or args.by_mode) and not args.best_of:
+        raise UsageError(f"{'--by' if args.by else '--by-mode'}: applies with --best-of only")
+    if args.no_log and not (args.report and args.experiment):
+        raise UsageError("--no-log: applies with --experiment and --report only")
+    df, winners = _load(args)
+    if args.points_csv:
+        args.points_csv.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.points_csv, index=False)
     law = _make_law(args, df)
+    log_to = _parent_run(args)
     try:
         law.fit(df)
     except ValueError as e:  # e.g. y <= 0 for a law fitted in log space
@@ -127,19 +178,40 @@ def fit_command(args: argparse.Namespace) -> int:
         ho = holdout_largest(law, df, k=args.holdout_largest) if args.holdout_largest else None
     except ValueError as e:
         raise UsageError(f"--holdout-largest: {e}") from None
+    law.diagnostics_ = diagnose(law, df, boot=boot, holdout=ho, level=args.level)
     summary = law_summary(law, boot, ho, args.level)
+    if winners is not None:
+        summary["selection"] = {"best_of": args.best_of.split(","), "by": args.by or args.y,
+                                "mode": args.by_mode or "min", "winners": winners.to_dict(orient="records")}
     if args.report:
         from scalinglaws.report import write_report
 
-        write_report(df, args.report, {args.y: law}, n_boot=args.bootstrap,
-                     holdout=args.holdout_largest, level=args.level, seed=args.seed)
+        write_report(df, args.report, {args.y: law}, n_boot=args.bootstrap, holdout=args.holdout_largest,
+                     level=args.level, seed=args.seed, log_to_run=log_to, tracking_uri=args.tracking_uri,
+                     winners=winners)
+    for d in law.diagnostics_:
+        print(f"warning: {d.code}: {d.message}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, default=json_default))
-    else:
-        _print_summary(law, summary, args.level)
-        if args.report:
-            print(f"report written to {args.report}")
+        return 0
+    if winners is not None:
+        s = summary["selection"]
+        print(f"best {','.join(s['best_of'])} per cell by {s['by']} ({s['mode']}):")
+        print(winners.to_string(index=False))
+    _print_summary(law, summary, args.level)
+    if args.report:
+        print(f"report written to {args.report}" + (f", logged to run {log_to}" if log_to else ""))
     return 0
+
+
+def _parent_run(args: argparse.Namespace) -> str | None:
+    """The run a study's --report is logged to (checked before fitting), else None."""
+    if not (args.report and args.experiment) or args.no_log:
+        return None
+    try:
+        return study_run(args.experiment, args.tracking_uri)
+    except LookupError as e:
+        raise UsageError(f"--report: {e} (--no-log writes the report without logging it)") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,23 +9,28 @@ mlflow.parentRunId and reliscale.trial_id; params are the trial's axes and sizes
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-ROLE, TRIAL_ID, PARENT, OUTCOME = "reliscale.role", "reliscale.trial_id", "mlflow.parentRunId", "reliscale.outcome"
+from reliscale.tracking.schema import DIVERGED, OUTCOME, PARENT, PRUNED, ROLE, TRIAL, TRIAL_ID
+from scalinglaws.select import select_best
+
 # Params that name things; every other param becomes numeric when all its values parse.
 LABEL_PARAMS = frozenset(
     {"trial_id", "family", "size", "size_enc", "size_dec", "data_unit", "task",
      "objective", "technique", "mixture", "precision"}
 )
+LEFT_OUT = (DIVERGED, PRUNED)  # outcomes of trials stopped before their budget (ASHA prunes)
 
 
 def load_study(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
     """All trials of study `experiment`: columns run_id, parent_run_id, status, outcome
-    ("diverged" for a trial the platform stopped on a non-finite loss, else NaN), the trial
+    ("diverged" for a trial the platform stopped on a non-finite loss, "pruned" for one a
+    scheduler stopped early, else NaN), the trial
     params, data_seen (the metric step) and one column per metric key (NaN where a key was
     not logged at that step). A (key, step) logged twice keeps its last value."""
     from mlflow.tracking import MlflowClient
@@ -47,7 +52,7 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame
 def _trial_runs(client: Any, experiment_id: str) -> list[Any]:
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], f"tags.`{ROLE}` = 'trial'", max_results=1000, page_token=token)
+        page = client.search_runs([experiment_id], f"tags.`{ROLE}` = '{TRIAL}'", max_results=1000, page_token=token)
         runs += list(page)
         token = page.token
         if not token:
@@ -102,19 +107,40 @@ def trial_key(df: pd.DataFrame) -> str | None:
     return next((c for c in ("run_id", "trial_id") if c in df.columns), None)
 
 
-def final_points(df: pd.DataFrame) -> pd.DataFrame:
+def final_points(
+    df: pd.DataFrame, best_of: Sequence[str] | None = None, by: str = "eval/id/loss", mode: str = "min"
+) -> pd.DataFrame:
     """One row per trial at its largest data_seen, each metric at its last logged value
     (so metrics logged at slightly different steps still land on the same row).
     Frames without data_seen or a trial column are already one row per trial.
 
     Only trials that trained their whole budget have a final point: where the frame says
-    (`load_study`'s status and outcome columns), trials still running, failed or diverged are
-    left out with a warning naming them; their last point belongs to a smaller data size
-    than their data_size says."""
+    (`load_study`'s status and outcome columns), trials still running, failed, diverged or
+    pruned are left out with a warning naming them; their last point belongs to a smaller
+    data size than their data_size says.
+
+    With `best_of` (swept columns, e.g. ["lr"]), only the best trial of each cell by `by`
+    (`mode` "min" or "max") is kept: see `select.select_best`. Diverged and pruned trials
+    still count as swept values (each says the loss there is worse), so a diverged largest
+    lr brackets the optimum. The winners table is on `.attrs["winners"]` as records.
+    """
     key = trial_key(df)
     if key is None or "data_seen" not in df.columns:
-        return df.reset_index(drop=True)
-    df = _trained_through(df, key)
+        every, points = df.reset_index(drop=True), df.reset_index(drop=True)
+    else:
+        every, points = _last(df, key), _last(_trained_through(df, key), key)
+    if best_of is None:
+        return points
+    swept = every
+    if key is not None:
+        told = every["outcome"].isin(LEFT_OUT) if "outcome" in every.columns else False
+        swept = every[told | every[key].isin(points[key])]
+    selected, winners = select_best(points, best_of, by, mode, swept=swept)
+    selected.attrs["winners"] = winners.to_dict(orient="records")
+    return selected
+
+
+def _last(df: pd.DataFrame, key: str) -> pd.DataFrame:
     ordered = df.sort_values([key, "data_seen"], kind="stable")
     return ordered.groupby(key, as_index=False, sort=False, dropna=False).last().reset_index(drop=True)
 
@@ -124,12 +150,12 @@ def _trained_through(df: pd.DataFrame, key: str) -> pd.DataFrame:
     if "status" in df.columns:
         keep &= df["status"].fillna("FINISHED").eq("FINISHED")
     if "outcome" in df.columns:
-        keep &= ~df["outcome"].eq("diverged")
+        keep &= ~df["outcome"].isin(LEFT_OUT)
     if keep.all():
         return df
     name = "trial_id" if "trial_id" in df.columns else key
     left = df.loc[~keep].drop_duplicates(key)
-    why = [f"{row[name]} ({'diverged' if row.get('outcome') == 'diverged' else row.get('status')})"
+    why = [f"{row[name]} ({row['outcome'] if row.get('outcome') in LEFT_OUT else row.get('status')})"
            for _, row in left.iterrows()]
     warnings.warn(f"{len(why)} trial(s) left out of the final points, not trained through their budget: "
                   + ", ".join(why), stacklevel=3)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from scalinglaws.bootstrap import bootstrap
 from scalinglaws.correlation import metric_correlation
+from scalinglaws.diagnostics import diagnose
 from scalinglaws.laws import FORMS, ChinchillaLaw, Law, SigmoidOfLoss
 from scalinglaws.load import final_points
 from scalinglaws.plots import plot_correlation, plot_fit, plot_isoflop, save_figure
@@ -60,6 +61,7 @@ def write_report(
     seed: int = 0,
     log_to_run: str | None = None,
     tracking_uri: str | None = None,
+    winners: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Fit each metric against size on the trials' final points, bootstrap it (`n_boot`
     resamples of trials), optionally hold out the `holdout` largest sizes, and plot it.
@@ -67,8 +69,13 @@ def write_report(
     laws (fitted here if unfitted). With `upstream` (a loss column), every other metric is
     also fitted as SigmoidOfLoss of it and correlated with it.
 
+    Each law carries its diagnostics (diagnostics.py, with the bootstrap and hold-out).
+    `winners` (from `select_best` / `final_points(best_of=...)`.attrs) adds the table of
+    which hyperparameters won in each cell.
+
     Writes PNG+SVG plots, report.md and laws.json to out_dir and returns the laws.json
-    content; `log_to_run` logs the folder as artifacts (under scalinglaws/) of that MLflow run.
+    content; `log_to_run` logs the folder as artifacts (under scalinglaws/) of that MLflow
+    run and each law's numbers as its metrics (publish.py).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +86,9 @@ def write_report(
     intervals = f"{level:.0%} percentile bootstrap over {n_boot} resamples of trials" if n_boot else "none"
     summary: dict[str, Any] = {"n_trials": len(points), "laws": {}, "downstream": {}, "correlation": {}}
     md = [f"# Scaling-law report\n\n{len(points)} trials (final points); intervals: {intervals}.\n"]
+    if winners is not None:
+        summary["winners"] = winners.to_dict(orient="records")
+        md += ["## Hyperparameter selection\n", _winners_table(winners)]
 
     for metric in metrics:
         law = metrics[metric] if isinstance(metrics, Mapping) else size_law(points, metric, x, form)
@@ -100,9 +110,9 @@ def write_report(
     (out / "laws.json").write_text(json.dumps(summary, indent=2, default=json_default))
     (out / "report.md").write_text("\n".join(md))
     if log_to_run:
-        from mlflow.tracking import MlflowClient
+        from scalinglaws.publish import log_report
 
-        MlflowClient(tracking_uri=tracking_uri).log_artifacts(log_to_run, str(out), artifact_path="scalinglaws")
+        log_report(log_to_run, out, summary, tracking_uri)
     return summary
 
 
@@ -113,9 +123,10 @@ def _size_section(law: Law, points: pd.DataFrame, out: Path, n_boot: int, holdou
         law.fit(points)
     boot = bootstrap(law, points, n=n_boot, seed=seed) if n_boot else None
     ho = holdout_largest(law, points, k=holdout) if holdout else None
+    law.diagnostics_ = diagnose(law, points, boot=boot, holdout=ho, level=level)
     summary = law_summary(law, boot, ho, level)
     stem = slug(law.y or "y")
-    lines = [describe(law) + "\n", _params_table(summary),
+    lines = [describe(law) + "\n", _params_table(summary), _diagnostics_list(summary["diagnostics"]),
              _save(plot_fit(law, points, boot=boot, level=level), out, f"fit_{stem}")]
     if ho:
         train = points[points[ho.x] < ho.table[ho.x].min()]
@@ -150,6 +161,22 @@ def _params_table(s: dict[str, Any]) -> str:
         ci = s["ci"].get(k)
         rows.append(f"| {k} | {v:.4g} | " + (f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "") + " |")
     return "\n".join(rows) + f"\n\nobjective {s['loss']:.4g} on {s['n_points']} points\n"
+
+
+def _diagnostics_list(diagnostics: list[dict[str, str]]) -> str:
+    if not diagnostics:
+        return "Diagnostics: none fired.\n"
+    return "Diagnostics (do not believe this law before reading them):\n\n" + "\n".join(
+        f"- `{d['code']}`: {d['message']}" for d in diagnostics) + "\n"
+
+
+def _winners_table(winners: pd.DataFrame) -> str:
+    cols = list(winners.columns)
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r) + " |"
+             for r in winners.itertuples(index=False)]
+    return "Best trial per cell; `unbracketed` names the columns whose best value is an end of the sweep:\n\n" \
+        + "\n".join(rows) + "\n"
 
 
 def _holdout_table(table: pd.DataFrame, x: str) -> str:

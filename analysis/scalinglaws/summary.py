@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -14,8 +15,9 @@ from scalinglaws.validate import Holdout
 def law_summary(
     law: Law, boot: BootstrapResult | None = None, holdout: Holdout | None = None, level: float = 0.95
 ) -> dict[str, Any]:
-    """{"form", "x", "y", "params", "ci", "n_points", "loss"} (+ "holdout"); ci maps param ->
-    [lo, hi] at `level` and is empty without a bootstrap."""
+    """{"form", "x", "y", "params", "ci", "n_points", "loss", "diagnostics"} (+ "holdout"); ci maps
+    param -> [lo, hi] at `level` and is empty without a bootstrap; diagnostics are the law's
+    `diagnostics_` as [{"code", "message"}] (see diagnostics.py)."""
     ci = {k: [lo, hi] for k, (lo, hi) in boot.params_ci(level).items()} if boot else {}
     out: dict[str, Any] = {
         "form": law.name,
@@ -25,6 +27,7 @@ def law_summary(
         "ci": ci,
         "n_points": law.n_points_,
         "loss": law.loss_,
+        "diagnostics": [asdict(d) for d in law.diagnostics_],
     }
     if holdout is not None:
         out["holdout"] = holdout.to_dict()

@@ -1,4 +1,4 @@
-"""`reliscale plan | run | resume | status | fit | patch`."""
+"""`reliscale plan | run | resume | status | fit | patch | data`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from reliscale.data.cli import add_data_parser, run_data_command
 from reliscale.spec.schema import SpecError, load_spec
 
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-log", action="store_true", help="do not log the sweep to the study's MLflow store")
 
     sub.add_parser("fit", help="fit a scaling law (see `reliscale fit --help`)", add_help=False)
+    add_data_parser(sub)
     return parser
 
 
@@ -100,30 +102,26 @@ def _finish_run(results) -> int:
 
 
 def cmd_run(args) -> int:
-    from reliscale.driver.study import StudyPaths, default_root, run_study
+    from reliscale.driver.paths import default_root
+    from reliscale.driver.study import run_study
 
     spec = load_spec(args.spec, args.overrides)
-    root = args.root or default_root()
-    results = run_study(spec, root, args.progress_every)
-    paths = StudyPaths(spec, root)
-    print(f"\nMLflow store: {paths.tracking_uri}")
-    if paths.tracking_uri.startswith("sqlite:"):
-        print(f"open the UI:  mlflow ui --backend-store-uri {paths.tracking_uri}")
-    return _finish_run(results)
+    return _finish_run(run_study(spec, args.root or default_root(), args.progress_every))
 
 
 def cmd_resume(args) -> int:
-    from reliscale.driver.study import default_root, load_study_spec, run_study
+    from reliscale.driver.paths import default_root, load_study_spec, study_root
+    from reliscale.driver.study import run_study
 
-    root = args.root or default_root()
+    root = study_root(args.study, args.root or default_root())
     return _finish_run(run_study(load_study_spec(args.study, root), root, args.progress_every))
 
 
 def cmd_status(args) -> int:
+    from reliscale.driver.paths import default_root, load_study_spec, study_root
     from reliscale.driver.status import format_status, study_status
-    from reliscale.driver.study import default_root, load_study_spec
 
-    root = args.root or default_root()
+    root = study_root(args.study, args.root or default_root())
     rows = study_status(load_study_spec(args.study, root), root)
     print(json.dumps(rows, indent=1) if args.json else format_status(rows))
     return 0
@@ -135,7 +133,8 @@ def cmd_patch(args) -> int:
     return run_patch_command(args)
 
 
-COMMANDS = {"plan": cmd_plan, "run": cmd_run, "resume": cmd_resume, "status": cmd_status, "patch": cmd_patch}
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "resume": cmd_resume, "status": cmd_status, "patch": cmd_patch,
+            "data": run_data_command}
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)

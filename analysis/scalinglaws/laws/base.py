@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from scalinglaws.diagnostics import Diagnostic, diagnose
 from scalinglaws.optim import BatchObjective, minimize_batched
 
 LOSSES = ("huber", "mse")
@@ -41,6 +42,10 @@ class Law:
 
     name: ClassVar[str]
     param_names: ClassVar[tuple[str, ...]]
+    exponent_names: ClassVar[tuple[str, ...]] = ()  # the scaling exponents among param_names
+    # Parameters the parametrisation keeps >= 0 (e.g. E = exp(e)): a fit can only approach 0,
+    # and a fit that does has lost a term (see diagnostics.py).
+    nonnegative: ClassVar[tuple[str, ...]] = ()
     n_inputs: ClassVar[int] = 1
     log_space: ClassVar[bool] = True
     default_loss: ClassVar[str] = "huber"
@@ -67,6 +72,7 @@ class Law:
         self.loss_: float = float("nan")
         self.n_points_: int = 0
         self.converged_: bool = False
+        self.diagnostics_: list[Diagnostic] = []
 
     # ---- to implement in subclasses -------------------------------------------------------
     def _model(self, theta: np.ndarray, X: np.ndarray, jac: bool = True) -> tuple[np.ndarray, VJP | None]:
@@ -168,7 +174,8 @@ class Law:
         return fun
 
     def fit(self, data: Any, y: Any = None) -> Law:
-        """Fit from every start of the grid at once and keep the best optimum."""
+        """Fit from every start of the grid at once and keep the best optimum; `diagnostics_`
+        then holds the checks that need only the data (`diagnose`)."""
         X, yv = self.xy(data, y)
         if len(yv) < len(self.param_names):
             raise ValueError(f"{type(self).__name__} needs >= {len(self.param_names)} points, got {len(yv)}")
@@ -182,6 +189,7 @@ class Law:
         self.loss_ = float(res.fun[best])
         self.converged_ = bool(res.converged[best])
         self.n_points_ = len(yv)
+        self.diagnostics_ = diagnose(self, data, y)
         return self
 
     # ---- using a fitted law ---------------------------------------------------------------

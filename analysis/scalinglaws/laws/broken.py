@@ -28,6 +28,8 @@ class BrokenPowerLaw(Law):
 
     name = "broken-power"
     param_names = ("a", "b", "c0", "c1", "d1", "f1")
+    exponent_names = ("c0", "c1")
+    nonnegative = ("a", "b")
     default_loss = "mse"
 
     def __init__(self, x: str = "data_size", y: str | None = None, **kw: Any) -> None:

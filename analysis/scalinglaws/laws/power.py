@@ -28,8 +28,7 @@ CHINCHILLA_GRID = np.stack(np.meshgrid(_AB, _AB, _E, _EXP, _EXP, indexing="ij"),
 class _PowerSum(Law):
     """theta = (a_1..a_m, e, alpha_1..alpha_m); one power term per input column."""
 
-    _coef_names: tuple[str, ...]  # A_j, in input order
-    _exp_names: tuple[str, ...]  # alpha_j, in input order
+    _coef_names: tuple[str, ...]  # A_j, in input order; exponent_names: alpha_j, in input order
 
     def __init__(self, x: str | Sequence[str], y: str | None = None, *, increasing: bool = False, **kw: Any) -> None:
         super().__init__(x, y, **kw)
@@ -72,7 +71,7 @@ class _PowerSum(Law):
     def _to_params(self, theta: np.ndarray) -> dict[str, np.ndarray]:
         m = self.n_inputs
         out = {"E": np.exp(theta[:, m])}
-        for j, (coef, expo) in enumerate(zip(self._coef_names, self._exp_names, strict=True)):
+        for j, (coef, expo) in enumerate(zip(self._coef_names, self.exponent_names, strict=True)):
             out[coef], out[expo] = np.exp(theta[:, j]), theta[:, m + 1 + j]
         return out
 
@@ -80,7 +79,7 @@ class _PowerSum(Law):
         return np.array(
             [np.log(params[c]) for c in self._coef_names]
             + [np.log(params["E"])]
-            + [params[e] for e in self._exp_names],
+            + [params[e] for e in self.exponent_names],
             dtype=float,
         )
 
@@ -95,7 +94,8 @@ class PowerLaw(_PowerSum):
     name = "power"
     param_names = ("E", "A", "alpha")
     _coef_names = ("A",)
-    _exp_names = ("alpha",)
+    exponent_names = ("alpha",)
+    nonnegative = ("E", "A")
 
     def __init__(self, x: str = "n_params", y: str | None = None, **kw: Any) -> None:
         super().__init__(x, y, **kw)
@@ -122,7 +122,8 @@ class ChinchillaLaw(_PowerSum):
     param_names = ("E", "A", "B", "alpha", "beta")
     n_inputs = 2
     _coef_names = ("A", "B")
-    _exp_names = ("alpha", "beta")
+    exponent_names = ("alpha", "beta")
+    nonnegative = ("E", "A", "B")
 
     def __init__(self, x: Sequence[str] = ("n_params", "data_size"), y: str | None = None, **kw: Any) -> None:
         super().__init__(x, y, **kw)

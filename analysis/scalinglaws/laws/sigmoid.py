@@ -26,6 +26,7 @@ class SigmoidOfLoss(Law):
 
     name = "sigmoid-of-loss"
     param_names = ("a", "k", "L0", "b")
+    nonnegative = ("k",)  # by canonicalisation; k = 0 is a flat line
     log_space = False
     default_loss = "mse"
 

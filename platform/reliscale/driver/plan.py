@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from reliscale.spec import ladder
 from reliscale.spec.schema import StudySpec, TrialConfig, expand
+from reliscale.tasks import TASKS
 
 GPU_MEMORY_GB = 80.0
 
@@ -27,17 +28,7 @@ class PlanRow:
 
 def sequence_lengths(trial: TrialConfig) -> tuple[int, int]:
     """(encoder/decoder-only tokens, decoder tokens) of one example, as the model sees them."""
-    data = trial.spec.data
-    if data.task == "icl":
-        return 2 * data.points, 0
-    if data.task == "lm":
-        return data.seq_len, 0
-    from reliscale.models.build import SIGNAL_LENGTH, SIGNAL_PATCH
-
-    patches = SIGNAL_LENGTH // SIGNAL_PATCH
-    if trial.family == "vit":
-        return patches + 1, (patches + 2 if trial.size.dec else 0)
-    return patches, (1 if trial.family == "encdec" else 0)
+    return TASKS[trial.spec.data.task].sequence_lengths(trial)
 
 
 def tokens_seen(trial: TrialConfig) -> int:
@@ -70,7 +61,7 @@ def memory_terms(trial: TrialConfig, counts: dict[str, int]) -> dict[str, float]
     train, workers = spec.train, spec.resources.workers
     device = "gpu" if spec.resources.gpus_per_worker > 0 else "cpu"
     enc_len, dec_len = sequence_lengths(trial)
-    vocab = spec.data.vocab_size if spec.data.task == "lm" else 0
+    vocab = TASKS[spec.data.task].vocab_size(spec)
     n = counts["n_params"]
     acts = ladder.activation_bytes(trial.size, spec.micro_batch(), enc_len, train.precision, vocab,
                                    train.activation_checkpointing, trial.family, dec_len)
@@ -97,7 +88,7 @@ def plan_trial(trial: TrialConfig, counts: dict[str, int]) -> PlanRow:
 
 def param_counts(trials: list[TrialConfig]) -> dict[str, dict[str, int]]:
     """Exact counts per trial; one meta-device model per distinct architecture."""
-    from reliscale.models.build import meta_param_counts
+    from reliscale.tasks import meta_param_counts  # torch, on the meta device
 
     by_arch: dict[tuple, dict[str, int]] = {}
     out = {}

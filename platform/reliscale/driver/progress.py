@@ -15,6 +15,8 @@ import time
 import numpy as np
 from ray import tune
 
+from reliscale.driver.search import pruned
+
 STATE = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "ERROR": "error",
          "PAUSED": "paused"}
 
@@ -26,13 +28,15 @@ def _hms(seconds: float) -> str:
 
 class ProgressView(tune.Callback):
     def __init__(self, study: str, flops: dict[str, float], data_sizes: dict[str, int],
-                 concurrency: int, interval_s: float = 15.0):
+                 concurrency: int, interval_s: float = 15.0, pruning: str | None = None):
         self.study, self.flops, self.sizes = study, flops, data_sizes
         self.concurrency, self.interval = concurrency, interval_s
         self.started: dict[str, float] = {}
         self.durations: dict[str, float] = {}
         self.completed: set[str] = set()  # Tune calls on_trial_complete before the trial's status is TERMINATED
         self.diverged: dict[str, str] = {}  # trial -> why, from the trial's last report
+        self.pruning = pruning  # the study's scheduler and metric ("asha, eval/id/loss"), if it prunes
+        self.pruned: dict[str, str] = {}  # trial -> where the scheduler stopped it
         self.seen: dict[str, int] = {}
         self.latest: dict[str, dict] = {}
         self.t0 = time.monotonic()
@@ -53,12 +57,19 @@ class ProgressView(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         tid = self._id(trial)
+        if self.pruning and pruned(self.latest.get(tid, {})):
+            self.pruned[tid] = f"at {self.seen[tid]:,d} / {self.sizes[tid]:,d} ({self.pruning})"
         self.seen[tid] = self.sizes[tid]
         self.completed.add(tid)
-        if tid in self.started and tid not in self.diverged:  # a diverged trial's time says nothing of its FLOPs
+        stopped = tid in self.diverged or tid in self.pruned  # its time says nothing of its FLOPs
+        if tid in self.started and not stopped:
             self.durations[tid] = time.monotonic() - self.started[tid]
-        why = self.diverged.get(tid)
-        self._print(trials, f"DIVERGED {tid} {why}" if why else f"finished {tid}")
+        if tid in self.diverged:
+            self._print(trials, f"DIVERGED {tid} {self.diverged[tid]}")
+        elif tid in self.pruned:
+            self._print(trials, f"PRUNED {tid} {self.pruned[tid]}")
+        else:
+            self._print(trials, f"finished {tid}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trials, f"FAILED {self._id(trial)} (see its error.txt in the study's storage)")
@@ -92,7 +103,7 @@ class ProgressView(tune.Callback):
         now = time.monotonic()
         left = 0.0
         for t, flops in self.flops.items():
-            if t in self.durations:
+            if t in self.durations or t in self.completed:
                 continue
             expected = a + b * flops
             left += max(0.0, expected - (now - self.started[t])) if t in self.started else expected
@@ -113,6 +124,7 @@ class ProgressView(tune.Callback):
         head = (f"[reliscale {self.study}] {_hms(elapsed)}  done {counts['done']}/{len(self.flops)}  "
                 f"running {counts['running']}  pending {counts['pending']}  errors {counts['error']}  "
                 + (f"diverged {len(self.diverged)}  " if self.diverged else "")
+                + (f"pruned {len(self.pruned)}  " if self.pruned else "")
                 + f"compute {100 * frac:.0f}%  ETA {eta_s}")
         lines = [head + (f"  | {event}" if event else "")]
         for t in trials:

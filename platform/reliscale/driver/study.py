@@ -16,54 +16,21 @@ import os
 import uuid
 from pathlib import Path
 
-import yaml
-
 from reliscale import tracking
+from reliscale.driver.laws import fit_study_laws
+from reliscale.driver.paths import SPEC_FILE, StudyPaths, default_root
 from reliscale.driver.plan import param_counts, plan_trial
 from reliscale.spec.schema import (
     TRIAL_CPU,
+    SearchSpec,
     SpecError,
     StudySpec,
     TrialConfig,
     check_fits_cluster,
     dump_spec,
     expand,
-    validate,
 )
-
-SPEC_FILE = "spec.yaml"
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("RELISCALE_ROOT", "studies"))
-
-
-class StudyPaths:
-    """Where a study keeps its spec, tracking store and checkpoints."""
-
-    def __init__(self, spec: StudySpec, root: Path):
-        self.dir = (root / spec.name).resolve()
-        self.storage = Path(spec.storage.path).resolve() if spec.storage.path else self.dir / "checkpoints"
-        self.tracking_uri = spec.tracking.uri or tracking.default_uri(self.dir)
-        self.artifacts = self.dir / "mlflow-artifacts"
-
-    @property
-    def tune_dir(self) -> Path:
-        return self.storage / "tune"
-
-    @property
-    def trials_dir(self) -> Path:
-        """Every trial's checkpoints: <trials_dir>/<trial_id>/step_*."""
-        return self.storage / "trials"
-
-
-def load_study_spec(study: str, root: Path) -> StudySpec:
-    """The spec stored with a study, given its folder or its name under `root`."""
-    folder = Path(study) if Path(study, SPEC_FILE).is_file() else root / study
-    path = folder / SPEC_FILE
-    if not path.is_file():
-        raise SpecError([f"{study!r}: no study there (looked for {path})"])
-    return validate(yaml.safe_load(path.read_text()), str(path))
+from reliscale.tasks import TASKS
 
 
 def _check_storage(paths: StudyPaths) -> None:
@@ -78,20 +45,9 @@ def _check_storage(paths: StudyPaths) -> None:
 
 
 def _check_tracking(uri: str) -> None:
-    """Reach the store before any trial starts. A server is probed at /health with a short timeout:
-    MLflow's own client would retry an unreachable server for minutes before giving up."""
-    import urllib.request
-
-    from mlflow.tracking import MlflowClient
-
-    def probe() -> None:
-        if uri.startswith(("http://", "https://")):
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
-                pass
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-
+    """Reach the store before any trial starts."""
     try:
-        tracking.with_retries(probe, "reach tracking store", attempts=3, base_delay=0.5)
+        tracking.check_reachable(uri)
     except Exception as e:
         raise SpecError([f"tracking.uri: {uri!r} is unreachable ({type(e).__name__}: {str(e)[:200]}); "
                          "allowed: a reachable MLflow tracking URI"]) from None
@@ -122,10 +78,13 @@ def connect_ray() -> None:
 
 def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: float = 15.0):
     """Run (or continue) a study, then its patch stage if it has one; returns every Tune result."""
-    if spec.data.path and not Path(spec.data.path).is_file():
-        raise SpecError([f"data.path: {spec.data.path!r} is not a file on this machine; allowed: a flat "
-                         "uint16 token file every node can read, or no path (the synthetic language)"],
-                        spec.name)
+    # Checks, at import, that Ray and DeepSpeed are the versions whose internals reliscale uses:
+    # a mismatch stops the study here rather than in its trials.
+    from reliscale.compat import deepspeed, ray_train  # noqa: F401
+
+    problem = TASKS[spec.data.task].preflight(spec)
+    if problem:
+        raise SpecError([problem], spec.name)
     paths = StudyPaths(spec, root or default_root())
     trials = expand(spec)
     _write_spec(spec, paths)
@@ -138,7 +97,7 @@ def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: fl
     run_ids = {t.trial_id: runs.trial_run(t, tracking.trial_params(t, counts[t.trial_id],
                                                                     rows[t.trial_id].flops))
                for t in trials}
-    runs.client.log_text(runs.parent_id, dump_spec(spec), "spec.yaml")
+    runs.log_spec(dump_spec(spec))
     finished = frozenset(tid for tid, run in runs.trial_runs().items() if run.info.status == "FINISHED")
 
     connect_ray()
@@ -149,23 +108,38 @@ def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: fl
         check_fits_cluster(spec, total.get("CPU", 0.0), total.get("GPU", 0.0))
 
     results = fit_trials(trials, {k: r.flops for k, r in rows.items()}, run_ids, finished, paths, "tune",
-                         progress_interval_s)
+                         progress_interval_s, search=spec.search)
     if spec.patch is not None and not [r for r in results if r.error]:
         from reliscale.patch.stage import run_patch_stage
 
-        results += run_patch_stage(spec, trials, paths, runs, progress_interval_s)
-    errors = [r for r in results if r.error]
-    status = "FINISHED" if not errors else "FAILED"
-    runs.client.set_terminated(runs.parent_id, status)
+        results += run_patch_stage(spec, trials, paths, runs, fit_trials, progress_interval_s)
+    ok = not [r for r in results if r.error]
+    report_results(spec, paths, runs.experiment_id)
+    if ok and spec.analysis:
+        fit_study_laws(spec, paths)
+    runs.finish(ok=ok)
     return results
+
+
+def report_results(spec: StudySpec, paths: StudyPaths, experiment_id: str) -> None:
+    """The finished study's table (every trial's state and final metrics) and where to see its runs."""
+    from reliscale.driver.status import format_status, study_status
+
+    print("\n" + format_status(study_status(spec, paths.dir.parent)), flush=True)
+    uri = paths.tracking_uri
+    serve = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}, then "
+    print(f"\nMLflow runs: {serve}{tracking.ui_link(uri, experiment_id)}", flush=True)
 
 
 def fit_trials(trials: list[TrialConfig], flops: dict[str, float], run_ids: dict[str, str],
                finished: frozenset[str], paths: StudyPaths, tune_name: str, progress_interval_s: float,
-               init_from: dict[str, str] | None = None) -> list:
-    """Run trials as one Ray Tune grid named `tune_name` (continuing it if it was stopped)."""
+               init_from: dict[str, str] | None = None, search: SearchSpec | None = None) -> list:
+    """Run trials as one Ray Tune grid named `tune_name` (continuing it if it was stopped); with a
+    `search`, its scheduler prunes the sweep of each cell (`reliscale.driver.search`)."""
     from ray import tune
 
+    from reliscale.compat.ray_train import set_restored_callbacks
+    from reliscale.driver import search as pruning
     from reliscale.driver.progress import ProgressView
     from reliscale.trial.run import run_trial
 
@@ -177,23 +151,28 @@ def fit_trials(trials: list[TrialConfig], flops: dict[str, float], run_ids: dict
         {"cpu": TRIAL_CPU},
     )
     view = ProgressView(spec.name, flops, {t.trial_id: t.data_size for t in trials},
-                        min(spec.resources.max_concurrent_trials, len(trials)), progress_interval_s)
+                        min(spec.resources.max_concurrent_trials, len(trials)), progress_interval_s,
+                        pruning=pruning.label(search) if search else None)
+    callbacks = [view, pruning.RecordPruned(spec.name, run_ids, paths.tracking_uri)] if search else [view]
     run_config = tune.RunConfig(
-        name=tune_name, storage_path=str(paths.storage), verbose=0, callbacks=[view],
+        name=tune_name, storage_path=str(paths.storage), verbose=0, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=1),
     )
-    # Largest trials first: the study ends sooner when no big trial starts last, alone.
-    grid = {"trial_id": tune.grid_search(sorted(flops, key=lambda tid: -flops[tid]))}
+    # Largest trials first (with a search, within each setting: see run_order): the study ends sooner
+    # when no big trial starts last, alone.
+    order = pruning.run_order(trials, flops) if search else sorted(flops, key=lambda tid: -flops[tid])
+    grid = {"trial_id": tune.grid_search(order)}
     tune_dir = paths.storage / tune_name
     if tune.Tuner.can_restore(str(tune_dir)):
         tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True, param_space=grid)
         # The restored Tuner unpickles the old run's callbacks; show this run's view instead.
-        tuner._local_tuner.get_run_config().callbacks = [view]
+        set_restored_callbacks(tuner, callbacks)
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=grid,
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials),
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials,
+                                        scheduler=pruning.CellASHA(search, trials) if search else None),
             run_config=run_config,
         )
     return list(tuner.fit())

@@ -85,6 +85,73 @@ def _same_shape(**arrays: np.ndarray) -> None:
         raise ValueError(f"shape mismatch: {shapes}")
 
 
+# --- the (confidence, correct) core shared by the probability-matrix and token metrics ---
+
+
+def _conf_correct(confidence: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
+    conf = np.asarray(confidence, dtype=np.float64).reshape(-1)
+    ok = np.asarray(correct).reshape(-1)
+    if conf.size == 0 or conf.shape != ok.shape:
+        raise ValueError(f"confidence and correct must be non-empty and of equal size, got "
+                         f"{conf.shape} and {ok.shape}")
+    if not np.all(np.isfinite(conf)) or conf.min() < 0 or conf.max() > 1:
+        raise ValueError("confidence must be finite and lie in [0, 1]")
+    return conf, ok.astype(np.float64)
+
+
+def ece_from_confidence(confidence: Any, correct: Any, n_bins: int = 15,
+                        binning: Literal["width", "mass"] = "width") -> float:
+    """Top-label ECE from max probabilities and hits (see `ece` for the binning)."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    conf, ok = _conf_correct(confidence, correct)
+    if binning == "width":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+    elif binning == "mass":
+        edges = np.quantile(conf, np.linspace(0.0, 1.0, n_bins + 1))
+    else:
+        raise ValueError(f"binning must be 'width' or 'mass', got {binning!r}")
+    bins = np.searchsorted(edges[1:-1], conf, side="right")
+    gap = np.bincount(bins, weights=ok, minlength=n_bins) - np.bincount(
+        bins, weights=conf, minlength=n_bins)
+    return float(np.sum(np.abs(gap)) / len(conf))
+
+
+def _sorted_errors(confidence: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
+    conf, ok = _conf_correct(confidence, correct)
+    order = np.argsort(-conf, kind="stable")
+    return conf[order], 1.0 - ok[order]
+
+
+def risk_coverage_from_confidence(confidence: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage, risk) of selective prediction by confidence, one point per distinct
+    confidence (descending); tied confidences are accepted together."""
+    conf, err = _sorted_errors(confidence, correct)
+    ends = np.flatnonzero(np.append(conf[1:] != conf[:-1], True))
+    kept = ends + 1
+    return kept / len(conf), np.cumsum(err)[ends] / kept
+
+
+def aurc_from_confidence(confidence: Any, correct: Any) -> float:
+    """Area under the risk-coverage step curve: without ties the plain (1/N) Σ_k risk(k)
+    (neither rescaled by 1/(1 − 1/N) nor E-AURC)."""
+    coverage, risk = risk_coverage_from_confidence(confidence, correct)
+    return float(np.sum(risk * np.diff(coverage, prepend=0.0)))
+
+
+def selective_accuracy_from_confidence(confidence: Any, correct: Any, coverage: float) -> float:
+    """Accuracy on the ceil(coverage·N) most confident, a cut inside tied confidences
+    counting the tie group's mean accuracy."""
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+    conf, err = _sorted_errors(confidence, correct)
+    k = max(1, int(np.ceil(coverage * len(conf) - 1e-9)))
+    cut = conf[k - 1]
+    above, tied = conf > cut, conf == cut
+    hits = (1 - err[above]).sum() + (k - int(above.sum())) * (1 - err[tied]).mean()
+    return float(hits / k)
+
+
 # --- classification -----------------------------------------------------------------------
 
 
@@ -120,21 +187,8 @@ def ece(
     counts when confidences are distinct; tied confidences always share a bin).
     Empty bins are dropped in both cases.
     """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     p, y = _probs_labels(probs, labels)
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    if binning == "width":
-        edges = np.linspace(0.0, 1.0, n_bins + 1)
-    elif binning == "mass":
-        edges = np.quantile(conf, np.linspace(0.0, 1.0, n_bins + 1))
-    else:
-        raise ValueError(f"binning must be 'width' or 'mass', got {binning!r}")
-    bins = np.searchsorted(edges[1:-1], conf, side="right")
-    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
-    correct_sum = np.bincount(bins, weights=correct, minlength=n_bins)
-    return float(np.sum(np.abs(correct_sum - conf_sum)) / len(y))
+    return ece_from_confidence(p.max(axis=1), p.argmax(axis=1) == y, n_bins, binning)
 
 
 def calibration_auroc(probs: Any, labels: Any) -> float:
@@ -150,11 +204,9 @@ def calibration_auroc(probs: Any, labels: Any) -> float:
     return float(roc_auc_score(wrong, 1.0 - p.max(axis=1)))
 
 
-def _sorted_by_confidence(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+def _conf_correct_of(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     p, y = _probs_labels(probs, labels)
-    conf = p.max(axis=1)
-    order = np.argsort(-conf, kind="stable")
-    return conf[order], (p.argmax(axis=1) != y)[order].astype(np.float64)
+    return p.max(axis=1), p.argmax(axis=1) == y
 
 
 def risk_coverage(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -165,11 +217,7 @@ def risk_coverage(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     error rate. Tied confidences are accepted or rejected together, so the curve does not
     depend on input order.
     """
-    conf, err = _sorted_by_confidence(probs, labels)
-    n = len(conf)
-    ends = np.flatnonzero(np.append(conf[1:] != conf[:-1], True))
-    kept = ends + 1
-    return kept / n, np.cumsum(err)[ends] / kept
+    return risk_coverage_from_confidence(*_conf_correct_of(probs, labels))
 
 
 def aurc(probs: Any, labels: Any) -> float:
@@ -178,8 +226,7 @@ def aurc(probs: Any, labels: Any) -> float:
     Without ties this is the mean over k of the error rate of the k most confident
     examples (Geifman et al.).
     """
-    coverage, risk = risk_coverage(probs, labels)
-    return float(np.sum(risk * np.diff(coverage, prepend=0.0)))
+    return aurc_from_confidence(*_conf_correct_of(probs, labels))
 
 
 def selective_accuracy(probs: Any, labels: Any, coverage: float) -> float:
@@ -188,16 +235,7 @@ def selective_accuracy(probs: Any, labels: Any, coverage: float) -> float:
     If the cut falls inside a group of tied confidences, the group contributes its mean
     accuracy (the expectation over random tie-breaking).
     """
-    if not 0.0 < coverage <= 1.0:
-        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
-    conf, err = _sorted_by_confidence(probs, labels)
-    k = max(1, int(np.ceil(coverage * len(conf) - 1e-9)))
-    cut = conf[k - 1]
-    above = conf > cut
-    tied = conf == cut
-    taken_from_tied = k - int(above.sum())
-    correct = (1 - err[above]).sum() + taken_from_tied * (1 - err[tied]).mean()
-    return float(correct / k)
+    return selective_accuracy_from_confidence(*_conf_correct_of(probs, labels), coverage)
 
 
 # --- OOD detection ------------------------------------------------------------------------

@@ -7,10 +7,14 @@ examples by task group, and has `predict` for evaluation.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import numpy as np
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel, T5Config, T5Model, ViTConfig, ViTModel
 
+from reliscale.evaluation.token_metrics import token_stats
 from reliscale.models.heads import build_head
 from reliscale.spec.ladder import FFN_RATIO, ModelSize, Shape
 
@@ -20,14 +24,13 @@ EMBEDDING_PARAM_KEYS = ("embed_tokens", "position_embeddings", "cls_token", "lm_
 
 
 def llama_config(shape: Shape, max_len: int, vocab_size: int = 1) -> LlamaConfig:
-    cfg = LlamaConfig(
+    return LlamaConfig(
         hidden_size=shape.width, intermediate_size=shape.ffn_width(FFN_RATIO["decoder"]),
         num_hidden_layers=shape.depth, num_attention_heads=shape.heads,
         num_key_value_heads=shape.heads, vocab_size=vocab_size, max_position_embeddings=max_len,
         tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        attn_implementation="sdpa",
     )
-    cfg._attn_implementation = "sdpa"
-    return cfg
 
 
 def embeds_only_llama(shape: Shape, max_len: int) -> LlamaModel:
@@ -85,21 +88,24 @@ class Classifier(nn.Module):
 
 
 class ViTBackbone(nn.Module):
-    """ViT over a (1, 1, L) signal, patches of (1, p); with a `dec` shape, a PaLI-style text
-    decoder reads the image tokens and answers at a final query token."""
+    """ViT over a (1, 1, L) signal, patches of (1, p), or with `image=True` over a (channels, L, L)
+    image, patches of (p, p); with a `dec` shape, a PaLI-style text decoder reads the image
+    tokens and answers at a final query token."""
 
-    def __init__(self, size: ModelSize, length: int, patch: int):
+    def __init__(self, size: ModelSize, length: int, patch: int, channels: int = 1,
+                 image: bool = False):
         super().__init__()
         s = size.enc
+        rows, patch_rows = (length, patch) if image else (1, 1)
         self.vit = ViTModel(ViTConfig(
             hidden_size=s.width, num_hidden_layers=s.depth, num_attention_heads=s.heads,
-            intermediate_size=s.ffn_width(FFN_RATIO["vit"]), image_size=(1, length),
-            patch_size=(1, patch), num_channels=1, hidden_dropout_prob=0.0,
+            intermediate_size=s.ffn_width(FFN_RATIO["vit"]), image_size=(rows, length),
+            patch_size=(patch_rows, patch), num_channels=channels, hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
         ), add_pooling_layer=False)
         self.text = None
         if size.dec is not None:
-            n_tokens = length // patch + 2
+            n_tokens = (rows // patch_rows) * (length // patch) + 2
             self.bridge = nn.Linear(s.width, size.dec.width)
             self.query = nn.Parameter(torch.zeros(1, 1, size.dec.width))
             self.text = embeds_only_llama(size.dec, n_tokens)
@@ -175,25 +181,42 @@ class CausalLM(nn.Module):
         return ce.view(target.shape).mean(dim=1)
 
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self(batch)
+        """Per scored position: nll, confidence, correct, Brier, entropy (`TOKEN_STATS`), [B, T, 5];
+        streamed over the vocabulary (`evaluation.token_metrics`), never the [B, T, V] logits."""
+        hidden = self.backbone(input_ids=batch["tokens"][:, :-1]).last_hidden_state
+        with full_parameter(self.lm_head.weight) as weight:
+            stats = token_stats(hidden, weight, batch["tokens"][:, 1:])
+        return torch.from_numpy(np.stack([getattr(stats, k).astype(np.float32) for k in TOKEN_STATS], -1))
 
 
-SIGNAL_LENGTH = 40  # MNIST-1D
-SIGNAL_PATCH = 4
+TOKEN_STATS = ("nll", "confidence", "correct", "brier", "entropy")
 
 
-def build_model(trial) -> nn.Module:
-    """The model of a trial (`spec.TrialConfig`), on the current default device."""
-    data, task = trial.spec.data, trial.spec.data.task
-    if task == "icl":
-        return ICLDecoder(trial.size.enc, data.dim, data.points)
-    if task == "lm":
-        return CausalLM(trial.size.enc, data.vocab_size, data.seq_len)
-    backbone = BACKBONES[trial.family](trial.size, SIGNAL_LENGTH, SIGNAL_PATCH)
+@contextmanager
+def full_parameter(param: nn.Parameter):
+    """The whole parameter: under ZeRO-3 gathered from every rank for the block (DeepSpeed's public
+    `GatheredParameters`; a module's forward does this itself, a read of `.weight` does not)."""
+    if not hasattr(param, "ds_id"):
+        yield param
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([param]):
+        yield param
+
+
+def signal_classifier(trial, length: int, patch: int, num_classes: int) -> Classifier:
+    """A trial's classifier over 1-D signals of `length` points, `patch` points per token."""
+    backbone = BACKBONES[trial.family](trial.size, length, patch)
     opts = trial.spec.technique_options.model_dump()
-    from reliscale.tasks.images import NUM_CLASSES
+    return Classifier(backbone, backbone.out_width, num_classes, trial.technique, opts)
 
-    return Classifier(backbone, backbone.out_width, NUM_CLASSES, trial.technique, opts)
+
+def image_classifier(trial, size: int, patch: int, channels: int, num_classes: int) -> Classifier:
+    """A trial's ViT classifier over (channels, size, size) images, `patch` x `patch` per token."""
+    backbone = ViTBackbone(trial.size, size, patch, channels, image=True)
+    opts = trial.spec.technique_options.model_dump()
+    return Classifier(backbone, backbone.out_width, num_classes, trial.technique, opts)
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -207,13 +230,13 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return total, nonemb
 
 
-def meta_param_counts(trial) -> dict[str, int]:
-    """Exact parameter counts of a trial's model, instantiated on the meta device (no memory)."""
+def meta_param_counts(build, two_axis: bool = False) -> dict[str, int]:
+    """Exact parameter counts of the model `build()` returns, instantiated on the meta device (no memory)."""
     with torch.device("meta"):
-        model = build_model(trial)
+        model = build()
     total, nonemb = count_params(model)
     counts = {"n_params": total, "n_params_nonembedding": nonemb}
-    if trial.size.two_axis:
+    if two_axis:
         parts = _stack_modules(model)
         counts["n_params_enc"] = count_params(parts[0])[0]
         counts["n_params_dec"] = count_params(parts[1])[0]

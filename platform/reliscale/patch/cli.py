@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 from reliscale.patch.alphas import parse_alphas
-from reliscale.patch.interpolate import REPORTED, final_checkpoint
+from reliscale.patch.interpolate import REPORTED
 from reliscale.spec.schema import SpecError, StudySpec, TrialConfig, expand, mixture_name
-from reliscale.tasks.registry import ICL_CLASSES
+from reliscale.tasks.icl import ICL_CLASSES
+from reliscale.worker.checkpoints import final_checkpoint
 
 
 def _trial_folder(ckpt: Path) -> Path:
@@ -20,7 +21,7 @@ def _trial_folder(ckpt: Path) -> Path:
 
 
 def _find_study(args, problems: list[str]) -> tuple[StudySpec, Path] | None:
-    from reliscale.driver.study import SPEC_FILE, default_root, load_study_spec
+    from reliscale.driver.paths import SPEC_FILE, default_root, load_study_spec
 
     root = args.root or default_root()
     if args.study:
@@ -98,7 +99,7 @@ def check_args(args) -> tuple[TrialConfig, list[dict[str, float]], tuple[float, 
 
 def run_patch_command(args) -> int:
     from reliscale import tracking
-    from reliscale.driver.study import StudyPaths
+    from reliscale.driver.paths import StudyPaths
     from reliscale.patch.interpolate import sweep_checkpoints, tradeoff_plot, write_csv
     from reliscale.patch.stage import log_curve, patch_run
 

@@ -17,46 +17,12 @@ import numpy as np
 import torch
 
 from reliscale.spec.schema import Mixture, TrialConfig, mixture_name
+from reliscale.worker.checkpoints import checkpoint_weights
 
-CKPT_TAG = "ds"  # the DeepSpeed tag trials save their checkpoints under (train.py)
 HELDOUT_SEED = 7919  # held-out prompts are the eval split of seed + HELDOUT_SEED
 REPORTED = ("mse", "mse_first", "mse_mid", "mse_last", "ls_ratio")  # depend on the weights
 
 # ---------------------------------------------------------------- weights
-
-
-def final_checkpoint(trial_dir: Path) -> Path:
-    """The newest `step_*` checkpoint of a trial's storage folder."""
-    steps = sorted(p for p in Path(trial_dir).glob("step_*") if (p / CKPT_TAG).is_dir())
-    if not steps:
-        raise FileNotFoundError(f"{trial_dir}: no step_* checkpoint with a {CKPT_TAG!r} folder")
-    return steps[-1]
-
-
-def checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of a trial checkpoint (`step_*` folder, any ZeRO stage) or a saved state dict.
-
-    ZeRO 1-3 shard the fp32 master weights over ranks: DeepSpeed's zero_to_fp32 consolidates
-    them (full shapes under ZeRO-3 too). Stage 0 keeps the whole module in one file.
-    """
-    path = Path(path)
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    if path.is_dir() and not (path / CKPT_TAG).is_dir():
-        path = final_checkpoint(path)  # a trial folder: its newest checkpoint
-    ds = path / CKPT_TAG
-    if any(ds.glob("*optim_states.pt")):
-        import contextlib
-        import io
-
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        quiet = io.StringIO()  # it prints (and draws a progress bar) per shard
-        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=CKPT_TAG)
-    else:
-        state = torch.load(ds / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-    return {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in state.items()}
 
 
 def interpolate(base: dict[str, torch.Tensor], ft: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -105,7 +71,7 @@ def eval_tasks(trial: TrialConfig, mixtures: list[Mixture], cache_dir: str | Pat
 
 def predict_like_trial(model: torch.nn.Module, split, workers: int) -> np.ndarray:
     """The trial evaluator's predictions: the split padded and cut into one shard per worker."""
-    from reliscale.evaluation.evaluators import predict_split
+    from reliscale.evaluation.predict import predict_split
 
     n = len(split.x)
     device = next(model.parameters()).device
@@ -135,7 +101,7 @@ def sweep(model: torch.nn.Module, base: dict[str, torch.Tensor], ft: dict[str, t
           alphas: tuple[float, ...], tasks: list[EvalTask], workers: int, metric: str = "mse",
           threads: int = 1) -> Curve:
     """Evaluate θ(α) for every α on every task; choose α by the lowest held-out average."""
-    from reliscale.tasks.icl import icl_metrics
+    from reliscale.evaluation.icl import icl_metrics
 
     torch.set_num_threads(threads)  # as the trial's workers: same kernels, same float bits
     model.eval()
@@ -192,7 +158,7 @@ def sweep_checkpoints(trial: TrialConfig, base_path: str, ft_paths: list[str], m
     `mixtures[0]` is the supported task. With `save_to`, the patched weights θ(chosen α) are
     saved there (sequential patching fine-tunes them next).
     """
-    from reliscale.models.build import build_model
+    from reliscale.tasks import build_model
 
     base = checkpoint_weights(base_path)
     ft = average([checkpoint_weights(p) for p in ft_paths])

@@ -9,17 +9,12 @@ fits never see them. Each α sweep is a Ray task and one child run of the study 
 from __future__ import annotations
 
 import tempfile
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
-
 from reliscale import tracking
 from reliscale.spec.schema import Mixture, PatchSpec, StudySpec, TrialConfig, mixture_name
-
-FINETUNE, PATCH = "finetune", "patch"
-PATCH_ID = "reliscale.patch_id"
 
 
 @dataclass(frozen=True)
@@ -55,17 +50,7 @@ def finetune_trial(base: TrialConfig, mix: Mixture, stage: int, p: PatchSpec) ->
 
 def patch_run(runs: tracking.StudyRuns, patch_id: str, params: dict[str, str]):
     """The child run of one α sweep (found again on resume); returns the mlflow Run."""
-    query = f"tags.`{tracking.PARENT}` = '{runs.parent_id}' and tags.`{PATCH_ID}` = '{patch_id}'"
-    found = tracking.with_retries(lambda: runs.client.search_runs([runs.experiment_id], query, max_results=1),
-                                  "search runs")
-    if found:
-        return found[0]
-    tags = {tracking.ROLE: PATCH, tracking.PARENT: runs.parent_id, tracking.STUDY: runs.study, PATCH_ID: patch_id}
-    run = tracking.with_retries(lambda: runs.client.create_run(runs.experiment_id, tags=tags, run_name=patch_id),
-                                "create run")
-    tracking.with_retries(lambda: runs.client.log_batch(run.info.run_id, params=[
-        Param(k, v) for k, v in params.items()]), "log params")
-    return run
+    return runs.patch_run(patch_id, params)
 
 
 def metric_task(name: str) -> str:
@@ -75,13 +60,8 @@ def metric_task(name: str) -> str:
 
 def log_curve(client, run_id: str, curve, supported: str) -> None:
     """Metrics by α (step = round(1000·α)), the chosen α, the trade-off plot and CSV; then finish.
-
-    A key's whole history goes in one batch and keys the run already has are skipped, so a
-    driver stopped while logging and started again logs nothing twice.
-    """
+    Logging it again logs nothing twice (`tracking.complete_run`)."""
     from reliscale.patch.interpolate import REPORTED, tradeoff_plot, write_csv
-
-    now = int(time.time() * 1000)
     report_avg, heldout_avg = curve.report_average(), curve.heldout_average()
     history: dict[str, list[tuple[int, float]]] = {}
     for i, a in enumerate(curve.alphas):
@@ -98,26 +78,10 @@ def log_curve(client, run_id: str, curve, supported: str) -> None:
     for t in curve.tasks:
         history[f"patch/chosen/{metric_task(t)}/{curve.metric}"] = [(0, curve.report[t][curve.metric][chosen])]
 
-    logged = tracking.with_retries(lambda: client.get_run(run_id), "get run").data.metrics
-    batch: list[Metric] = []
-    for key, points in history.items():
-        if key in logged:
-            continue
-        for j in range(0, len(points), 1000):  # MLflow's log_batch limit
-            chunk = points[j:j + 1000]
-            if len(batch) + len(chunk) > 1000:
-                tracking.with_retries(lambda c=batch: client.log_batch(run_id, metrics=c), "log metrics")
-                batch = []
-            batch += [Metric(key, float(v), now, step) for step, v in chunk]
-    if batch:
-        tracking.with_retries(lambda: client.log_batch(run_id, metrics=batch), "log metrics")
-    tracking.with_retries(lambda: client.log_batch(run_id, tags=[RunTag("reliscale.patch.alpha", f"{curve.chosen:g}")]),
-                          "set tags")
     with tempfile.TemporaryDirectory() as tmp:
-        for path in (tradeoff_plot(Path(tmp) / "tradeoff.png", curve, supported),
-                     write_csv(Path(tmp) / "curve.csv", curve)):
-            tracking.with_retries(lambda p=path: client.log_artifact(run_id, str(p), "patch"), "log artifact")
-    tracking.with_retries(lambda: client.set_terminated(run_id, "FINISHED"), "finish run")
+        files = [tradeoff_plot(Path(tmp) / "tradeoff.png", curve, supported),
+                 write_csv(Path(tmp) / "curve.csv", curve)]
+        tracking.complete_run(client, run_id, history, {tracking.PATCH_ALPHA: f"{curve.chosen:g}"}, files, "patch")
 
 
 def sweep_params(base_id: str, finetuned: list[str], p: PatchSpec, stage: int, tasks: list[str]) -> dict[str, str]:
@@ -130,7 +94,7 @@ def _trained(bases: list[TrialConfig], runs: tracking.StudyRuns,
              finetunes: dict[str, list[TrialConfig]]) -> list[TrialConfig]:
     """The bases whose own trial and fine-tunes did not diverge: a diverged model has nothing to patch."""
     diverged = {tid for tid, run in runs.trial_runs().items()
-                if run.data.tags.get(tracking.OUTCOME) == "diverged"}
+                if run.data.tags.get(tracking.OUTCOME) == tracking.DIVERGED}
     kept = []
     for b in bases:
         bad = [t for t in [b.trial_id, *(f.trial_id for f in finetunes.get(b.trial_id, []))] if t in diverged]
@@ -142,13 +106,16 @@ def _trained(bases: list[TrialConfig], runs: tracking.StudyRuns,
 
 
 def run_patch_stage(spec: StudySpec, trials: list[TrialConfig], paths, runs: tracking.StudyRuns,
-                    progress_interval_s: float) -> list:
-    """Fine-tune every selected trial, sweep α per trial; returns the fine-tunes' Tune results."""
+                    fit_trials: Callable[..., list], progress_interval_s: float) -> list:
+    """Fine-tune every selected trial, sweep α per trial; returns the fine-tunes' Tune results.
+
+    `fit_trials` is the driver's (`reliscale.driver.study.fit_trials`): the fine-tunes run as a
+    Tune grid of ordinary trials."""
     import ray
 
     from reliscale.driver.plan import param_counts, plan_trial
-    from reliscale.driver.study import fit_trials
-    from reliscale.patch.interpolate import final_checkpoint, sweep_checkpoints
+    from reliscale.patch.interpolate import sweep_checkpoints
+    from reliscale.worker.checkpoints import final_checkpoint
 
     p = spec.patch
     bases = _trained([t for t in trials if p.trials is None or t.trial_id in p.trials], runs, {})
@@ -167,8 +134,7 @@ def run_patch_stage(spec: StudySpec, trials: list[TrialConfig], paths, runs: tra
             for f in fs:
                 params = {**tracking.trial_params(f, counts[f.trial_id], flops[f.trial_id]),
                           "init_from": Path(current[base_id]).name, "base_trial": base_id, "patch_mode": p.mode}
-                run_id = run_ids[f.trial_id] = runs.trial_run(f, params)
-                tracking.with_retries(lambda rid=run_id: runs.client.set_tag(rid, tracking.ROLE, FINETUNE), "set tags")
+                run_ids[f.trial_id] = runs.trial_run(f, params, role=tracking.FINETUNE)
         finished = frozenset(t for t, run in runs.trial_runs().items() if run.info.status == "FINISHED")
         init = {f.trial_id: current[base_id] for base_id, fs in fts.items() for f in fs}
         stage_results = fit_trials(flat, flops, run_ids, finished, paths, f"patch_ft{k + 1}", progress_interval_s,

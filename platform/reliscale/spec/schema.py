@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from reliscale.spec import ladder
-from reliscale.tasks.registry import TASKS, TaskInfo
+from reliscale.tasks import TASKS, TaskInfo
 
 # ------------------------------------------------------------------ schema
 
@@ -86,6 +86,32 @@ def _as_tuple(v: Any) -> Any:
     return tuple(v) if isinstance(v, list | tuple) else (v,)
 
 
+def _one_or_many(v: Any) -> Any:
+    """A hyperparameter is one value or a list of values (a grid axis); a list of one is the value."""
+    if isinstance(v, list | tuple):
+        return v[0] if len(v) == 1 else tuple(v)
+    return v
+
+
+def _absolute(path: str) -> str:
+    """A data path as every process reads it: relative paths are taken from where the spec is loaded
+    (trials run in other folders, on other nodes)."""
+    return str(Path(path).expanduser().resolve())
+
+
+def _values(v: Any) -> tuple:
+    return v if isinstance(v, tuple) else (v,)
+
+
+def _check_each(name: str, v: Any, ok: Any, allowed: str) -> Any:
+    for i, x in enumerate(_values(v)):
+        if isinstance(x, bool) or not ok(x):
+            raise At(f"[{i}]" if isinstance(v, tuple) else "", f"{x!r} is not allowed; allowed: {allowed}")
+    if isinstance(v, tuple) and len(set(v)) != len(v):
+        raise At("", f"{list(v)} repeats a value; allowed: distinct values of {name}")
+    return v
+
+
 class ModelSpec(_Section):
     family: Literal["decoder", "vit", "encdec"]
     sizes: tuple[AnySize, ...] = Field(min_length=1)
@@ -121,13 +147,87 @@ class ModelSpec(_Section):
 
 
 Mixture = dict[str, float]
+PATCH_TASK = "icl"  # PAINT's patch stage interpolates in-context regressors over function classes
+
+
+class ImageDataSpec(_Section):
+    """An image dataset on disk for `data.task: images` (see `reliscale.tasks.images`).
+
+    Folders are opened by the study's preflight, not here: a job file may name a folder that
+    exists only on the cluster it is meant for.
+    """
+
+    root: str  # <root>/<split>/<class>/*.png|jpg, or <root>/<split>[-*].parquet
+    train_split: str = "train"
+    eval_split: str = "test"  # held-out images: the id, corrupted and ood splits
+    num_classes: int | None = Field(default=None, gt=1)  # trained classes; None: count them on disk
+    image_size: int = Field(default=224, gt=0)  # side the model sees; smaller images are upscaled
+    patch_size: int = Field(default=16, gt=0)
+    num_channels: Literal[1, 3] = 3
+    mean: tuple[float, ...] = (0.5,)  # normalisation: one value for all channels, or one each
+    std: tuple[float, ...] = (0.5,)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # training random resized crop: area fraction
+    flip: float = Field(default=0.5, ge=0, le=1)  # training horizontal flip probability
+    eval_crop: float | None = 0.875  # eval resize + centre crop (ImageNet 256 -> 224); None: resize
+    corruptions: tuple[str, ...] = ("gaussian_noise", "defocus_blur", "contrast", "jpeg_compression")
+    severities: tuple[int, ...] = (1, 3, 5)
+    ood_classes: tuple[str, ...] = ()  # class names never trained on; their held-out images: `ood`
+    ood_root: str | None = None  # a second dataset; its eval split is the split `ood_far`
+    downstream_root: str | None = None  # few-shot dataset; None: every class of `root`
+    on_bad_input: Literal["refuse", "skip"] = "refuse"
+    cache: bool = True  # keep decoded images in memory: for sets that fit in every worker's RAM
+
+    _lists_as_tuples = field_validator("corruptions", "severities", "mean", "std", mode="before")(
+        _as_tuple)
+    _absolute_roots = field_validator("root", "ood_root", "downstream_root")(
+        lambda v: v if v is None else _absolute(v))
+
+    @field_validator("ood_classes", mode="before")
+    @classmethod
+    def _class_names(cls, v: Any) -> Any:
+        return tuple(str(c) for c in _as_tuple(v))  # folder names: `[8, 9]` means "8", "9"
+
+    @field_validator("corruptions")
+    @classmethod
+    def _known_corruptions(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from reliscale.data.corruptions import CORRUPTIONS
+
+        for i, name in enumerate(names):
+            if name not in CORRUPTIONS:
+                raise At(f"[{i}]", f"{name!r} is not a corruption; allowed: {', '.join(CORRUPTIONS)}"
+                         + _did_you_mean(name, CORRUPTIONS))
+        return _check_each("corruptions", names, lambda x: True, "")
+
+    @field_validator("severities")
+    @classmethod
+    def _severity_range(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return _check_each("severities", v, lambda x: isinstance(x, int) and 1 <= x <= 5, "1..5")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImageDataSpec:
+        if self.image_size % self.patch_size:
+            raise At("patch_size", f"{self.patch_size} does not divide image_size={self.image_size}; "
+                     f"allowed: a divisor of {self.image_size}")
+        if len(self.mean) != len(self.std) or len(self.mean) not in (1, self.num_channels):
+            raise At("mean", f"mean {list(self.mean)} and std {list(self.std)}: allowed: equal "
+                     f"lengths, 1 or num_channels={self.num_channels}")
+        if min(self.std) <= 0:
+            raise At("std", f"{list(self.std)} is not allowed; allowed: values > 0")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise At("crop_scale", f"{list(self.crop_scale)} is not allowed; allowed: "
+                     "[lo, hi] with 0 < lo <= hi <= 1")
+        if self.eval_crop is not None and not 0 < self.eval_crop <= 1:
+            raise At("eval_crop", f"{self.eval_crop!r} is not allowed; allowed: (0, 1] or null")
+        if len(set(self.ood_classes)) != len(self.ood_classes):
+            raise At("ood_classes", f"{list(self.ood_classes)} repeats a class; allowed: distinct names")
+        return self
 
 
 class DataSpec(_Section):
     task: str
     sizes: tuple[float, ...] = Field(min_length=1)
     unit: Literal["examples", "tokens"] = "examples"
-    batch_size: int = Field(gt=0)
+    batch_size: int | tuple[int, ...]  # a list is a grid axis
     mixture: tuple[Mixture, ...] | None = None
     dim: int = Field(default=8, gt=0)  # in-context regression: input dimension d
     points: int = Field(default=16, gt=1)  # in-context regression: (x, y) pairs per prompt
@@ -135,11 +235,20 @@ class DataSpec(_Section):
     sparsity: int = Field(default=3, gt=0)  # in-context regression: non-zero weights of sparse_linear
     seq_len: int = Field(default=128, gt=0)  # lm: tokens per sequence
     vocab_size: int = Field(default=50304, gt=1)  # lm
-    path: str | None = None  # lm: a local token file; None = the seeded synthetic language
+    path: str | None = None  # lm: a dataset folder `reliscale data prepare` wrote; None = the synthetic language
+    domains: tuple[Mixture, ...] | None = None  # lm: training domains of the dataset and their weights
     cache_dir: str | None = None  # where generated splits are cached
+    images: ImageDataSpec | None = None  # images: the dataset on disk and its eval splits
 
-    _axes_as_tuples = field_validator("sizes", "mixture", mode="before")(
+    _axes_as_tuples = field_validator("sizes", "mixture", "domains", mode="before")(
         lambda v: v if v is None else _as_tuple(v))
+    _batch_sizes = field_validator("batch_size", mode="before")(_one_or_many)
+    _absolute_path = field_validator("path")(lambda v: v if v is None else _absolute(v))
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batches(cls, v: Any) -> Any:
+        return _check_each("batch_size", v, lambda x: isinstance(x, int) and x > 0, "a positive integer")
 
     @field_validator("task")
     @classmethod
@@ -158,27 +267,35 @@ class DataSpec(_Section):
 
     @model_validator(mode="after")
     def _task_fits(self) -> DataSpec:
-        info = TASKS[self.task]
+        info = TASKS[self.task].info
         for i, s in enumerate(self.sizes):
-            if s < self.batch_size:
-                raise At(f"sizes[{i}]", f"{int(s)} is smaller than batch_size={self.batch_size}; "
+            if s < max(_values(self.batch_size)):
+                raise At(f"sizes[{i}]", f"{int(s)} is smaller than batch_size={max(_values(self.batch_size))}; "
                          "allowed: data sizes of at least one batch")
         if self.unit != info.unit:
             raise At("unit", f"{self.unit!r} is not allowed for task {self.task!r}; allowed: {info.unit!r}")
+        if self.domains is not None and self.mixture is not None:
+            raise At("domains", "is given beside data.mixture; allowed: one of them")
+        kind = TASKS[self.task]
+        key, names = ("domains", kind.domain_names(self)) if self.domains is not None else (
+            "mixture", info.function_classes)
+        what = "a domain of the dataset" if key == "domains" else "a function class"
         for j, mix in enumerate(self.mixtures()):
             for name, weight in mix.items():
-                if name not in info.function_classes:
-                    allowed = ", ".join(info.function_classes) or "none (this task has no mixture)"
-                    raise At(f"mixture[{j}].{name}", f"not a function class of task {self.task!r}; "
-                             f"allowed: {allowed}" + _did_you_mean(name, info.function_classes))
+                if names is not None and name not in names:
+                    allowed = ", ".join(names) or "none (this task has no mixture)"
+                    raise At(f"{key}[{j}].{name}", f"not {what} of task {self.task!r}; "
+                             f"allowed: {allowed}" + _did_you_mean(name, names))
                 if not weight > 0:
-                    raise At(f"mixture[{j}].{name}", f"weight {weight!r} is not allowed; allowed: > 0")
+                    raise At(f"{key}[{j}].{name}", f"weight {weight!r} is not allowed; allowed: > 0")
         return self
 
     def mixtures(self) -> list[Mixture]:
-        if self.mixture is None:
-            return [dict(TASKS[self.task].default_mixture)] if TASKS[self.task].function_classes else [{}]
-        return list(self.mixture)
+        """The pretraining mixtures of the grid: function classes, or the dataset's domains."""
+        given = self.domains if self.domains is not None else self.mixture
+        if given is None:
+            return [TASKS[self.task].default_mixture(self)]
+        return list(given)
 
 
 class OptimizerSpec(_Section):
@@ -191,12 +308,24 @@ class OptimizerSpec(_Section):
     """
 
     name: Literal["adamw"] = "adamw"
-    lr: float = Field(default=1e-3, gt=0)
+    lr: float | tuple[float, ...] = 1e-3  # a list is a grid axis
     lr_scaling: Literal["fixed", "inverse_width"] = "fixed"
     lr_reference_width: int = Field(default=1024, gt=0)  # the width at which the LR is `lr`
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: float | tuple[float, ...] = 0.0  # a list is a grid axis
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = Field(default=1.0, ge=0)
+
+    _sweeps = field_validator("lr", "weight_decay", mode="before")(_one_or_many)
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, v: Any) -> Any:
+        return _check_each("lr", v, lambda x: isinstance(x, int | float) and x > 0 and math.isfinite(x), "> 0")
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _weight_decay(cls, v: Any) -> Any:
+        return _check_each("weight_decay", v, lambda x: isinstance(x, int | float) and x >= 0, ">= 0")
 
 
 class ScheduleSpec(_Section):
@@ -238,6 +367,9 @@ class EvalSpec(_Section):
     metrics: tuple[str, ...] | None = None  # None = every metric of the task
     points: int = Field(default=6, ge=1)  # log-spaced eval points along the data axis
     examples: int = Field(default=512, gt=0)  # size of each fixed eval split
+    choice_tasks: tuple[str, ...] = ()  # lm: JSONL files of {context, choices, label}, scored at every point
+
+    _absolute_paths = field_validator("choice_tasks")(lambda v: tuple(_absolute(p) for p in v))
 
 
 class ResourcesSpec(_Section):
@@ -325,7 +457,7 @@ class PatchSpec(_Section):
 
     @model_validator(mode="after")
     def _known_classes(self) -> PatchSpec:
-        classes = TASKS["icl"].function_classes
+        classes = TASKS[PATCH_TASK].info.function_classes
         for j, mix in enumerate(self.tasks):
             if not mix:
                 raise At(f"tasks[{j}]", "empty mixture; allowed: {class: weight, ...}")
@@ -336,6 +468,61 @@ class PatchSpec(_Section):
                 if not weight > 0:
                     raise At(f"tasks[{j}].{name}", f"weight {weight!r} is not allowed; allowed: > 0")
         return self
+
+
+class LawSpec(_Section):
+    """A scaling law the driver fits when the grid finishes (`reliscale fit`'s options)."""
+
+    metric: str = Field(pattern=r"^(eval|train)/")  # e.g. eval/id/loss
+    form: Literal["chinchilla", "power", "broken-power", "sigmoid-of-loss"] | None = None  # None: by the x count
+    x: tuple[str, ...] | None = None  # columns, e.g. [n_params, data_size]; None: by form
+    best_of: tuple[str, ...] = ()  # swept hyperparameters: fit the best trial of each cell
+    by: str | None = None  # with best_of: the metric picking the best (default: `metric`)
+    increasing: bool = False  # the metric grows towards 1 with scale (accuracy)
+    bootstrap: int = Field(default=200, ge=0)
+    holdout_largest: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _by_needs_best_of(self) -> LawSpec:
+        if self.by and not self.best_of:
+            raise At("by", "applies with best_of only; allowed: best_of: [lr, ...] beside it")
+        bad = sorted(set(self.best_of) - set(HYPER_LABELS))
+        if bad:
+            raise At("best_of", f"{bad[0]!r} is not a hyperparameter axis; allowed: {', '.join(HYPER_LABELS)}")
+        return self
+
+
+class AnalysisSpec(_Section):
+    laws: tuple[LawSpec, ...] = Field(default=(), min_length=1)
+
+
+class SearchSpec(_Section):
+    """Early stopping of a hyperparameter sweep: Tune's ASHA (Li et al. 2020) inside each cell.
+
+    Time is the fraction of a trial's own budget; rungs sit at grace_fraction · reduction_factor^k.
+    At a rung a trial meets the trials of its cell (every axis but the swept hyperparameters) that
+    reached it before; outside their best 1/reduction_factor, it is stopped: outcome `pruned`.
+    """
+
+    scheduler: Literal["asha"]
+    metric: str  # eval/<split>/<metric>, one the trials log at their eval points
+    mode: Literal["min", "max"] = "min"
+    grace_fraction: float = 0.25
+    reduction_factor: float = 3
+
+    @field_validator("grace_fraction")
+    @classmethod
+    def _a_fraction(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise At("", f"{v!r} is not allowed; allowed: a fraction of the budget in (0, 1)")
+        return v
+
+    @field_validator("reduction_factor")
+    @classmethod
+    def _reduces(cls, v: float) -> float:
+        if not v >= 2:
+            raise At("", f"{v!r} is not allowed; allowed: >= 2")
+        return v
 
 
 Objective = Literal["erm", "minimax"]
@@ -357,6 +544,8 @@ class StudySpec(_Section):
     tracking: TrackingSpec = TrackingSpec()
     storage: StorageSpec = StorageSpec()
     patch: PatchSpec | None = None
+    search: SearchSpec | None = None
+    analysis: AnalysisSpec | None = None  # laws fitted (and logged to the parent run) when the grid ends
 
     _axes_as_tuples = field_validator("objective", "technique", mode="before")(_as_tuple)
 
@@ -371,7 +560,7 @@ class StudySpec(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StudySpec:
-        info = TASKS[self.data.task]
+        info = TASKS[self.data.task].info
         if self.model.family not in info.families:
             raise At("model.family", f"{self.model.family!r} cannot train task {self.data.task!r}; "
                      f"allowed: {', '.join(info.families)}")
@@ -379,32 +568,32 @@ class StudySpec(_Section):
             if t not in info.techniques:
                 raise At("technique", f"{t!r} does not apply to task {self.data.task!r}; "
                          f"allowed: {', '.join(info.techniques)}")
+        kind = TASKS[self.data.task]
         for i, item in enumerate(self.eval.splits or ()):
-            if not info.allows_split(item):
+            if not kind.allows_split(self, item):
                 raise At(f"eval.splits[{i}]", f"{item!r} is not a split of task {self.data.task!r}; "
-                         f"allowed: {info.describe_splits()}"
-                         + _did_you_mean(item, info.splits + info.function_classes))
+                         f"allowed: {', '.join(kind.splits(self))}{info.extra_split_help}"
+                         + _did_you_mean(item, kind.splits(self) + info.function_classes))
         for i, item in enumerate(self.eval.metrics or ()):
             if item not in info.metrics:
                 raise At(f"eval.metrics[{i}]", f"{item!r} is not known for task {self.data.task!r}; "
                          f"allowed: {', '.join(info.metrics)}" + _did_you_mean(item, info.metrics))
-        uses_sparse = any("sparse_linear" in m for m in self.data.mixtures()) or any(
-            "sparse_linear" in s for s in self.eval.splits or ())
-        if uses_sparse and self.data.sparsity >= self.data.dim:
-            raise At("data.sparsity", f"{self.data.sparsity} non-zero weights in dim={self.data.dim} make "
-                     f"sparse_linear the same class as dense_linear; allowed: 1..{self.data.dim - 1}")
+        problem = TASKS[self.data.task].check(self)
+        if problem:
+            raise At(*problem)
         if self.eval.splits is not None and "id" not in self.eval.splits:
             raise At("eval.splits", "the in-distribution split 'id' is required; "
                      "allowed: a list containing 'id'")
         r = self.resources
-        if self.data.batch_size % r.workers:
-            raise At("data.batch_size", f"{self.data.batch_size} is not divisible by resources.workers="
-                     f"{r.workers}; allowed: a multiple of {r.workers}")
-        micro = self.train.micro_batch
-        if micro is not None and (self.data.batch_size // r.workers) % micro:
-            raise At("train.micro_batch", f"{micro} does not divide the per-worker batch "
-                     f"{self.data.batch_size // r.workers} (data.batch_size / resources.workers); "
-                     f"allowed: a divisor of {self.data.batch_size // r.workers}")
+        for batch in _values(self.data.batch_size):
+            if batch % r.workers:
+                raise At("data.batch_size", f"{batch} is not divisible by resources.workers="
+                         f"{r.workers}; allowed: a multiple of {r.workers}")
+            micro = self.train.micro_batch
+            if micro is not None and (batch // r.workers) % micro:
+                raise At("train.micro_batch", f"{micro} does not divide the per-worker batch "
+                         f"{batch // r.workers} (data.batch_size / resources.workers); "
+                         f"allowed: a divisor of {batch // r.workers}")
         problem = cluster_fit_problem(self, r.cluster_cpus, r.cluster_gpus)
         if problem:
             raise At("resources.workers", problem)
@@ -415,12 +604,12 @@ class StudySpec(_Section):
         p = self.patch
         if p is None:
             return self
-        if self.data.task != "icl":
+        if self.data.task != PATCH_TASK:
             raise At("patch", f"patching needs in-context regression tasks, not data.task={self.data.task!r}; "
-                     "allowed: data.task 'icl'")
-        if p.finetune_size < self.data.batch_size:
+                     f"allowed: data.task {PATCH_TASK!r}")
+        if p.finetune_size < max(_values(self.data.batch_size)):
             raise At("patch.finetune_size", f"{int(p.finetune_size)} is smaller than batch_size="
-                     f"{self.data.batch_size}; allowed: at least one batch")
+                     f"{max(_values(self.data.batch_size))}; allowed: at least one batch")
         grid = {mixture_name(m) for m in self.data.mixtures()}
         for j, mix in enumerate(p.tasks):
             if mixture_name(mix) in grid:
@@ -433,9 +622,48 @@ class StudySpec(_Section):
                          f"{', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}" + _did_you_mean(tid, ids))
         return self
 
+    @model_validator(mode="after")
+    def _search_fits(self) -> StudySpec:
+        s = self.search
+        if s is None:
+            return self
+        if not any(isinstance(v, tuple) for v in self._hyper_values().values()):
+            raise At("search.scheduler", "nothing to prune: no hyperparameter is swept; allowed: a list in "
+                     "train.optimizer.lr, train.optimizer.weight_decay or data.batch_size")
+        parts = s.metric.split("/")
+        if len(parts) != 3 or parts[0] != "eval":
+            raise At("search.metric", f"{s.metric!r} is not allowed; allowed: eval/<split>/<metric>, "
+                     "e.g. eval/id/" + self.task_info().metrics[0])
+        split, metric = parts[1:]
+        if split not in self.splits():
+            raise At("search.metric", f"split {split!r} of {s.metric!r} is not evaluated; allowed: "
+                     f"{', '.join(self.splits())}" + _did_you_mean(split, self.splits()))
+        metrics = self.eval.metrics or self.task_info().metrics
+        if metric not in metrics:
+            raise At("search.metric", f"{metric!r} of {s.metric!r} is not a metric the trials log "
+                     f"(task {self.data.task!r}); allowed: {', '.join(metrics)}" + _did_you_mean(metric, metrics))
+        return self
+
     # axes -------------------------------------------------------------
     def task_info(self) -> TaskInfo:
-        return TASKS[self.data.task]
+        return TASKS[self.data.task].info
+
+    def hyperparameters(self) -> list[dict[str, float]]:
+        """Every combination of the swept hyperparameters (one empty dict when none is swept)."""
+        axes = {name: _values(value) for name, value in self._hyper_values().items() if isinstance(value, tuple)}
+        return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
+    def _hyper_values(self) -> dict[str, Any]:
+        opt = self.train.optimizer
+        return {"lr": opt.lr, "batch_size": self.data.batch_size, "weight_decay": opt.weight_decay}
+
+    def at(self, values: dict[str, float]) -> StudySpec:
+        """This spec with the swept hyperparameters fixed to `values`: a trial's own spec."""
+        if not values:
+            return self
+        opt = self.train.optimizer.model_copy(update={k: v for k, v in values.items() if k != "batch_size"})
+        data = self.data.model_copy(update={k: v for k, v in values.items() if k == "batch_size"})
+        return self.model_copy(update={"train": self.train.model_copy(update={"optimizer": opt}), "data": data})
 
     def micro_batch(self) -> int:
         return self.train.micro_batch or self.data.batch_size // self.resources.workers
@@ -444,7 +672,7 @@ class StudySpec(_Section):
         return self.data.batch_size // (self.resources.workers * self.micro_batch())
 
     def splits(self) -> tuple[str, ...]:
-        return self.eval.splits or self.task_info().splits
+        return self.eval.splits or TASKS[self.data.task].splits(self)
 
 
 TRIAL_CPU = 0.01  # the Tune function trial's own request; its workers hold the real resources
@@ -621,7 +849,8 @@ class TrialConfig:
     objective: str
     technique: str
     seed: int
-    spec: StudySpec
+    spec: StudySpec  # the study's spec with this trial's swept hyperparameters fixed
+    hyperparameters: tuple[tuple[str, float], ...] = ()  # the swept ones and their values here
 
     def __hash__(self) -> int:
         return hash((self.study, self.trial_id))
@@ -651,6 +880,9 @@ class TrialConfig:
         return max(1, self.data_size // self.data_per_step)
 
 
+HYPER_LABELS = {"lr": "lr", "batch_size": "bs", "weight_decay": "wd"}  # in trial ids
+
+
 def mixture_name(mix: Mixture) -> str:
     if not mix:
         return "none"
@@ -671,18 +903,19 @@ def expand(spec: StudySpec) -> list[TrialConfig]:
     """The cross product of every axis given as a list, in a stable order."""
     mixtures = spec.data.mixtures()
     trials = []
-    for size, d, mix, obj, tech, seed in itertools.product(
-        spec.model.resolved_sizes(), spec.data.sizes, mixtures, spec.objective,
+    for size, d, mix, hyper, obj, tech, seed in itertools.product(
+        spec.model.resolved_sizes(), spec.data.sizes, mixtures, spec.hyperparameters(), spec.objective,
         spec.technique, spec.seeds,
     ):
         parts = [f"{spec.model.family}-{size.name}", f"D{format_data_size(int(d))}"]
         if len(mixtures) > 1:
             parts.append(mixture_name(mix))
+        parts += [f"{HYPER_LABELS[k]}{v:g}" for k, v in hyper.items()]
         parts += [obj, tech, f"s{seed}"]
         trials.append(TrialConfig(
             study=spec.name, trial_id="_".join(parts), family=spec.model.family, size=size,
             data_size=int(d), mixture=tuple(mix.items()), objective=obj, technique=tech,
-            seed=seed, spec=spec,
+            seed=seed, spec=spec.at(hyper), hyperparameters=tuple(hyper.items()),
         ))
     ids = [t.trial_id for t in trials]
     dupes = sorted({i for i in ids if ids.count(i) > 1})

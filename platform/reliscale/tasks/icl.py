@@ -16,18 +16,37 @@ Training batches are a pure function of (seed, rank, step); eval splits of
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from reliscale.tasks.base import TaskInfo, TaskKind
 from reliscale.tasks.cache import cached_arrays
-from reliscale.tasks.registry import ICL_CLASSES, parse_convex_split
+from reliscale.tasks.registry import register
 
 RELU_HIDDEN = 100
 KNN_K = 3
 SIN_FREQ = 2.0
 LASSO_ALPHA = 0.01  # lasso L1 strength, sklearn scaling (1/2k)||y - Xw||² + α||w||₁: prompts are noise-free
+
+ICL_CLASSES = ("dense_linear", "sparse_linear", "relu2nn", "sinusoid")
+ICL_METRICS = ("mse", "mse_first", "mse_mid", "mse_last", "ls_ratio", "best_ratio", "worst_group_mse",
+               "baseline_ls", "baseline_lasso", "baseline_avg", "baseline_knn", "baseline_zero",
+               "baseline_best")
+_CONVEX = re.compile(r"convex-({0})-({0})(?:-(\d{{1,2}}))?".format("|".join(ICL_CLASSES)))
+
+
+def parse_convex_split(name: str) -> tuple[str, str, float] | None:
+    """'convex-dense_linear-sinusoid-25' -> ('dense_linear', 'sinusoid', 0.25): 25 % of the second class.
+
+    Without a percentage the two classes weigh half each. None when `name` is not such a split.
+    """
+    m = _CONVEX.fullmatch(name)
+    if not m or m[1] == m[2] or m[3] in ("0", "00"):
+        return None
+    return m[1], m[2], int(m[3] or 50) / 100
 
 # An OOD split evaluates on the first class of this order that the mixture does not contain.
 OOD_CLASS_ORDER = ("sparse_linear", "relu2nn", "sinusoid", "dense_linear")
@@ -161,6 +180,9 @@ class ICLTask:
     num_groups = property(lambda self: len(self.mixture))
     group_names = property(lambda self: list(self.mixture))
 
+    def datasets(self) -> list[dict]:
+        return []  # generated
+
     def train_batch(self, step: int, micro: int, rank: int, size: int) -> dict[str, np.ndarray]:
         """Micro-batch `micro` of optimizer step `step` on `rank`: a pure function of its indices."""
         rng = np.random.default_rng([self.seed, 1, rank, step, micro])
@@ -208,21 +230,42 @@ class ICLTask:
         return ICLSplit(arrays["x"], arrays["y"], arrays["group"], groups, base)
 
 
-def icl_metrics(pred: np.ndarray, split: ICLSplit) -> tuple[dict[str, float], np.ndarray]:
-    """Scalar metrics of a split and the model's error curve over in-context examples."""
-    d = split.x.shape[2]
-    curve = ((pred.astype(np.float64) - split.y) ** 2 / d).mean(axis=0)
-    base = {k: v.mean(axis=0) for k, v in split.baselines.items()}
-    mid = min(d, len(curve) - 1)
-    metrics = {
-        "mse": float(curve.mean()),
-        "mse_first": float(curve[0]),
-        "mse_mid": float(curve[mid]),
-        "mse_last": float(curve[-1]),
-        "ls_ratio": float(curve.mean() / max(base["ls"].mean(), 1e-12)),
-    }
-    metrics.update({f"baseline_{k}": float(v.mean()) for k, v in base.items()})
-    best = min((float(v.mean()) for k, v in base.items() if k != "zero"), default=float("nan"))
-    metrics["baseline_best"] = best
-    metrics["best_ratio"] = float(curve.mean() / max(best, 1e-12))
-    return metrics, curve
+@register
+class ICL(TaskKind):
+    """In-context regression over function classes (Garg et al. 2022; Yadlowsky et al. 2023)."""
+
+    name = "icl"
+    info = TaskInfo(
+        kind="regression", unit="examples", families=("decoder",), techniques=("none",),
+        splits=("id", "ood_class", "wnorm", "xscale"), metrics=ICL_METRICS,
+        function_classes=ICL_CLASSES, default_mixture={"dense_linear": 1.0},
+        extra_split=lambda name: name in ICL_CLASSES or parse_convex_split(name) is not None,
+        extra_split_help=", a function class, or convex-<class>-<class>[-<percent>]",
+    )
+
+    def build(self, trial, world: int, cache_dir: Path) -> ICLTask:
+        data = trial.spec.data
+        return ICLTask(dict(trial.mixture), data.dim, data.points, data.noise_std, trial.seed,
+                       trial.spec.eval.examples, cache_dir, sparse_k=data.sparsity)
+
+    def model(self, trial):
+        from reliscale.models.build import ICLDecoder
+
+        return ICLDecoder(trial.size.enc, trial.spec.data.dim, trial.spec.data.points)
+
+    def evaluator(self, task, trial):
+        from reliscale.evaluation.icl import ICLEvaluator
+
+        return ICLEvaluator(task, trial.spec.splits(), trial.spec.eval.metrics)
+
+    def sequence_lengths(self, trial) -> tuple[int, int]:
+        return 2 * trial.spec.data.points, 0
+
+    def check(self, spec) -> tuple[str, str] | None:
+        data = spec.data
+        uses_sparse = any("sparse_linear" in m for m in data.mixtures()) or any(
+            "sparse_linear" in s for s in spec.eval.splits or ())
+        if uses_sparse and data.sparsity >= data.dim:
+            return ("data.sparsity", f"{data.sparsity} non-zero weights in dim={data.dim} make "
+                    f"sparse_linear the same class as dense_linear; allowed: 1..{data.dim - 1}")
+        return None

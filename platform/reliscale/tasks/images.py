@@ -1,202 +1,375 @@
-"""MNIST-1D classification with in-distribution, covariate-shift and OOD splits.
+"""Image classification on a dataset on disk: an ImageFolder tree or a Hugging Face parquet export.
 
-Examples follow MNIST-1D's generative process (Greydanus 2020; the ``mnist1d`` package
-provides the digit templates): a 12-point digit template is padded with 36-60 zeros,
-resampled onto a 72-point grid, scaled in amplitude, circularly translated, its background
-filled with smoothed noise, iid noise added, sheared by a linear ramp, and resampled to 40
-points. It is re-implemented here, vectorised, with an explicit numpy Generator, because
-``mnist1d.data.make_dataset`` seeds numpy's global RNG, normalises each generated set by
-its own statistics (which would undo an amplitude shift) and cannot change one factor at a
-time. Signals are divided by one fixed constant, the same for every split.
+`data.images.root` holds a training split and a held-out split (`train_split`, `eval_split`;
+read by `reliscale.data.image_sources`). The classes named in `ood_classes` are never trained
+on: the model's classes are the others, numbered in the dataset's class order.
 
-Layout: the training classes are digits 0-7; the ``ood`` split holds the unseen digits
-8 and 9 (its labels are those digits, never valid classes). The few-shot task (``fewshot``)
-is 10-way over all digits, rendered as in distribution: a support pool to draw k labelled
-examples per digit from, and a query set, each from its own stream. The covariate-shift splits
-re-render the *same* examples as ``id`` (same digits, labels and random draws) with one
-generative factor moved outside its training range:
+Training data. A trial of data size D sees D examples (D // batch_size optimizer steps). Its
+distinct images are the first min(D, N) of a permutation, seeded by the trial seed, of the N
+training images of the trained classes: for one seed, the image sets of growing D are nested.
+When D > N the trial passes over those images again; each pass visits them in its own seeded
+order and ranks take disjoint slices of every global batch. Augmentation (random resized crop
+and flip, `image_transforms.TrainTransform`) draws from `augment_rng(seed, rank, index, 0)`,
+`index` being the global micro-batch count (step x accumulation + micro): every batch is a pure
+function of (seed, rank, step, micro-batch).
 
-- ``noise``: iid noise std 0.15 instead of 0.02;
-- ``scale``: 6-18 zeros of padding instead of 36-60, so digits are about 2x wider;
-- ``shift``: translations of 48-71 grid points, which training (0-47) never shows;
-- ``blur``: the final signal smoothed by a Gaussian of std 1.5 samples.
+Eval splits: the same images and pixels for every trial (fixed subsets, not the trial seed).
 
-Inputs are ``(1, 1, 40)`` "images" (channels, height, width): transformers' ViT takes them
-with ``image_size=(1, 40)``, ``patch_size=(1, p)`` and ``num_channels=1``.
+- `id`: up to `eval.examples` held-out images of the trained classes;
+- `<corruption>_<severity>`, e.g. `gaussian_noise_3`: the `id` images resized to `image_size`
+  (small images are upscaled first, so that blur and pixelate act at the size the model sees),
+  then corrupted ImageNet-C style (`reliscale.data.corruptions`); every corruption x severity
+  of `data.images.corruptions` and `severities` by default;
+- `ood`: up to `eval.examples` held-out images of the `ood_classes` (labels: dataset class indices);
+- `ood_far`: up to `eval.examples` images of the `eval_split` of a second dataset, `ood_root`;
+- `fewshot`: a linear probe on frozen features (`evaluation.fewshot`) over every class of `root`
+  (the `ood_classes` are the unseen ones), or of `downstream_root` (every class unseen). Support
+  pool: up to 100 training images per class; query: up to `eval.examples` held-out images.
 
-Every example is a function of (seed, stream, chunk of 1024), so any training set is a
-prefix of a larger one (nested data sizes) and eval splits do not depend on ``train_size``.
+Logged keys (`evaluation.classification`): `eval/<split>/<metric>` for every split, with the gap
+to `id` on corrupted splits (`eval/gaussian_noise_3/gap_accuracy`); per corruption, each metric
+averaged over its severities (`eval/gaussian_noise/accuracy`); over every corrupted split
+`eval/shifted/mean_<metric>` and `eval/shifted/worst_split_accuracy`; OOD detection against `id`
+as `eval/ood/ood_auroc_msp`, `eval/ood_far/ood_auroc_msp`, ...
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from mnist1d.data import get_templates
-from scipy.ndimage import gaussian_filter1d
 
-from reliscale.tasks.cache import cached_arrays, default_cache_dir
+from reliscale.data.corruptions import SEVERITIES
+from reliscale.evaluation.fewshot import SHOTS
+from reliscale.tasks.base import TaskInfo, TaskKind
+from reliscale.tasks.classification import CLASSIFICATION_METRICS, TECHNIQUES, ClassificationStream
+from reliscale.tasks.registry import register
 
-VERSION = 1  # bump when the generator changes: it names the cache files
-ID_CLASSES = tuple(range(8))
-OOD_CLASSES = (8, 9)
-ALL_CLASSES = ID_CLASSES + OOD_CLASSES
-NUM_CLASSES = len(ID_CLASSES)
-TEMPLATE_LEN = 12
-GRID_LEN = 72  # template + the largest training padding, as mnist1d
-SIGNAL_LEN = 40
-RAW_STD = 0.156  # std of the raw in-distribution signal (measured on 1e5 examples)
-CHUNK = 1024
-TRAIN_STREAM, TEST_STREAM, OOD_STREAM, EPOCH_STREAM, QUERY_STREAM, SUPPORT_STREAM = range(6)
-SUPPORT_POOL = 1000  # about 100 per digit: 25 shots x a few draws without exhausting a digit
+SUBSET_STREAM, EPOCH_STREAM = 1, 2  # draws seeded by the trial seed
+EVAL_SEED = 0  # held-out subsets and corruption noise: one for every trial
+FEWSHOT_POOL = 100  # support images per class: 25 shots x a few draws
+DIGEST_CONTENT_BYTES = 64 << 20  # datasets up to this size are digested by content
 
 
-@dataclass(frozen=True)
-class Factors:
-    """Ranges of the generative factors; ranges are [lo, hi] for padding, [lo, hi) else."""
-
-    padding: tuple[int, int] = (36, 60)
-    amplitude: tuple[float, float] = (0.8, 1.2)
-    translation: tuple[int, int] = (0, 48)
-    background_noise: float = 0.25
-    iid_noise: float = 0.02
-    shear: float = 0.75
-    blur: float = 0.0
+def corruption_split(name: str) -> tuple[str, int] | None:
+    """(corruption, severity) of a split named like `gaussian_noise_3`, else None."""
+    base, _, severity = name.rpartition("_")
+    return (base, int(severity)) if base in SEVERITIES and severity in ("1", "2", "3", "4", "5") else None
 
 
-ID_FACTORS = Factors()
-SPLIT_FACTORS: dict[str, Factors] = {
-    "id": ID_FACTORS,
-    "noise": replace(ID_FACTORS, iid_noise=0.15),
-    "scale": replace(ID_FACTORS, padding=(6, 18)),
-    "shift": replace(ID_FACTORS, translation=(48, GRID_LEN)),
-    "blur": replace(ID_FACTORS, blur=1.5),
-    "ood": ID_FACTORS,
-}
+def fixed_subset(ids: np.ndarray, n: int) -> np.ndarray:
+    """Up to `n` of `ids`, the same for every trial, in dataset order."""
+    return ids[np.sort(np.random.default_rng(EVAL_SEED).permutation(len(ids))[:n])]
 
 
-def draw(seed: int, stream: int, n: int, classes: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """The random draws of ``n`` examples: labels, uniforms per factor, noise arrays."""
-    chunks = []
-    for c in range(-(-n // CHUNK)):
-        rng = np.random.default_rng([seed, stream, c])
-        chunks.append(
-            {
-                "label": rng.choice(np.array(classes), CHUNK),
-                "padding": rng.random(CHUNK),
-                "amplitude": rng.random(CHUNK),
-                "translation": rng.random(CHUNK),
-                "shear": rng.random(CHUNK),
-                "background": rng.standard_normal((CHUNK, GRID_LEN)),
-                "iid": rng.standard_normal((CHUNK, GRID_LEN)),
-            }
-        )
-    return {k: np.concatenate([ch[k] for ch in chunks])[:n] for k in chunks[0]}
+def per_class(labels: np.ndarray, n: int) -> np.ndarray:
+    """Indices of up to `n` examples of every class, the same for every trial."""
+    rng = np.random.default_rng(EVAL_SEED)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:n]
+                                   for c in np.unique(labels)]))
 
 
-def _resample(x: np.ndarray, lengths: np.ndarray, out_len: int) -> np.ndarray:
-    """Linearly resample the first ``lengths[i]`` points of each row onto ``out_len``."""
-    pos = np.linspace(0.0, 1.0, out_len)[None, :] * (lengths[:, None] - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, x.shape[1] - 1)
-    frac = pos - lo
-    rows = np.arange(len(x))[:, None]
-    return x[rows, lo] * (1 - frac) + x[rows, hi] * frac
+def split_files(root: Path, split: str) -> list[Path]:
+    """The files a split is read from: its parquet files, or every file under its folder."""
+    from reliscale.data.image_sources import parquet_files
+
+    files = parquet_files(root, split)
+    if files:
+        return files
+    return sorted(p for p in (root / split).rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def render(d: dict[str, np.ndarray], f: Factors) -> np.ndarray:
-    """Signals [n, 40] (float32, normalised) of the draws ``d`` under factors ``f``."""
-    n = len(d["label"])
-    rows = np.arange(n)[:, None]
-    pad = f.padding[0] + np.floor(d["padding"] * (f.padding[1] - f.padding[0] + 1))
-    padded = np.zeros((n, TEMPLATE_LEN + f.padding[1] + 1))
-    padded[:, :TEMPLATE_LEN] = get_templates()["x"][d["label"]] + 1e-8  # nonzero = digit
-    x = _resample(padded, TEMPLATE_LEN + pad, GRID_LEN)
-    x *= (f.amplitude[0] + (f.amplitude[1] - f.amplitude[0]) * d["amplitude"])[:, None]
-    k = np.floor(f.translation[0] + (f.translation[1] - f.translation[0]) * d["translation"])
-    x = x[rows, (np.arange(GRID_LEN)[None, :] - k[:, None].astype(np.int64)) % GRID_LEN]
-    background = gaussian_filter1d(f.background_noise * d["background"], sigma=2, axis=-1)
-    x = np.where(x != 0, x, background) + f.iid_noise * d["iid"]
-    x -= (f.shear * (d["shear"] - 0.5))[:, None] * np.linspace(-0.5, 0.5, GRID_LEN)[None, :]
-    x = _resample(x, np.full(n, GRID_LEN), SIGNAL_LEN)
-    if f.blur:
-        x = gaussian_filter1d(x, sigma=f.blur, axis=-1)
-    return (x / RAW_STD).astype(np.float32)
+def split_digest(root: Path, split: str) -> str:
+    """sha256 over the sorted (relative path, size) of the split's files, and over their contents
+    when they total at most 64 MiB; 32 hex digits (MLflow keeps dataset digests of <= 36)."""
+    files = split_files(root, split)
+    sizes = [f.stat().st_size for f in files]
+    by_content = sum(sizes) <= DIGEST_CONTENT_BYTES
+    h = hashlib.sha256()
+    for f, size in zip(files, sizes, strict=True):
+        h.update(f"{f.relative_to(root).as_posix()}\0{size}\n".encode())
+        if by_content:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:32]
+
+
+@lru_cache(maxsize=8)
+def dataset_classes(root: str, split: str) -> tuple[str, ...]:
+    """A split's class names, read without decoding an image (to size the model's head)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from reliscale.data.image_sources import column_names, hf_features, parquet_files
+
+    files = parquet_files(Path(root), split)
+    if not files:
+        folder = Path(root) / split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"data.images: no split {split!r} under {root}, so the number "
+                                    "of classes is unknown; set data.images.num_classes to plan "
+                                    "without the dataset")
+        return tuple(sorted(p.name for p in folder.iterdir()
+                            if p.is_dir() and not p.name.startswith(".")))
+    schema = pq.read_schema(files[0])
+    label = column_names(schema)[1]
+    names = hf_features(schema).get(label, {}).get("names")
+    if names:
+        return tuple(names)
+    top = max(pc.max(pq.read_table(f, columns=[label]).column(label)).as_py() for f in files)
+    return tuple(str(c) for c in range(top + 1))
+
+
+def trained_classes(images) -> int:
+    """Classes the model predicts: `num_classes`, else the dataset's less the `ood_classes`."""
+    if images.num_classes is not None:
+        return images.num_classes
+    return len(dataset_classes(images.root, images.train_split)) - len(images.ood_classes)
 
 
 class ImageTask:
-    """MNIST-1D: a budgeted training stream and fixed eval splits, cached as npz files.
+    """A trial's images: the training stream (`ClassificationData`) and the fixed eval splits.
 
-    Arrays are numpy: x float32 of shape ``(n, *input_shape)``, y int64.
+    Arrays are numpy: x float32 (n, channels, image_size, image_size), y int64.
     """
 
-    num_classes = NUM_CLASSES
-    input_shape = (1, 1, SIGNAL_LEN)
-    split_names = tuple(SPLIT_FACTORS)
+    def __init__(self, images, seed: int, train_size: int, eval_size: int):
+        from reliscale.data.image_transforms import EvalTransform, TrainTransform
 
-    def __init__(
-        self, seed: int, train_size: int, eval_size: int, cache_dir: str | Path | None = None
-    ) -> None:
-        if train_size < 1 or eval_size < 1:
-            raise ValueError(
-                f"train_size and eval_size must be >= 1, got {train_size}, {eval_size}"
-            )
-        self.seed, self.train_size, self.eval_size = seed, train_size, eval_size
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self._train: tuple[np.ndarray, np.ndarray] | None = None
+        self.images, self.seed, self.eval_size = images, seed, eval_size
+        self._opened: dict[tuple[str, str], object] = {}
+        self.train = self.open(images.root, images.train_split)
+        self.held_out = self.open(images.root, images.eval_split)
+        classes = self.train.classes
+        if self.held_out.classes != classes:
+            raise ValueError(f"data.images.root: split {images.eval_split!r} has classes "
+                             f"{self.held_out.classes}, split {images.train_split!r} {classes}")
+        self.ood_labels = np.array([classes.index(c) for c in images.ood_classes], np.int64)
+        kept = np.setdiff1d(np.arange(len(classes)), self.ood_labels)
+        self.num_classes = len(kept)
+        self.relabel = np.full(len(classes), -1, np.int64)  # dataset label -> model label
+        self.relabel[kept] = np.arange(len(kept))
+        pool = np.flatnonzero(self.relabel[self.train.labels] >= 0)
+        order = np.random.default_rng([seed, SUBSET_STREAM]).permutation(len(pool))
+        self.train_ids = pool[order[:train_size]]
+        self.train_size = len(self.train_ids)
+        self.train_transform = TrainTransform(images.image_size, images.crop_scale, flip=images.flip,
+                                              mean=images.mean, std=images.std)
+        self.eval_transform = EvalTransform(images.image_size, images.eval_crop, images.mean,
+                                            images.std)
+        self._epoch: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
 
-    def _load(
-        self, name: str, stream: int, n: int, classes: tuple[int, ...], f: Factors
-    ) -> tuple[np.ndarray, np.ndarray]:
-        def build() -> dict[str, np.ndarray]:
-            d = draw(self.seed, stream, n, classes)
-            x = render(d, f).reshape(n, *self.input_shape)
-            return {"x": x, "y": d["label"].astype(np.int64)}
+    def open(self, root: str, split: str):
+        """An `ImageSplit`, opened once per task."""
+        from reliscale.data.image_sources import open_split
 
-        path = self.cache_dir / f"mnist1d-v{VERSION}-seed{self.seed}-{name}-n{n}.npz"
-        arrays = cached_arrays(path, build)
-        return arrays["x"], arrays["y"]
+        if (root, split) not in self._opened:
+            im = self.images
+            self._opened[root, split] = open_split(root, split, im.num_channels, im.on_bad_input,
+                                                   cache=im.cache)
+        return self._opened[root, split]
+
+    @property
+    def unseen_classes(self) -> tuple[int, ...]:
+        """Few-shot labels training never showed: the `ood_classes`, or every downstream class."""
+        im = self.images
+        if im.downstream_root:
+            return tuple(range(self.open(im.downstream_root, im.train_split).num_classes))
+        return tuple(int(c) for c in self.ood_labels)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._epoch[0] != epoch:
+            rng = np.random.default_rng([self.seed, EPOCH_STREAM, epoch])
+            self._epoch = (epoch, rng.permutation(self.train_size))
+        return self._epoch[1]
+
+    def train_examples(self, index: int, rank: int, world: int, size: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Rank `rank`'s `size` examples of global micro-batch `index` (see the module docstring)."""
+        from reliscale.data.image_transforms import augment_rng
+
+        if not 0 <= rank < world or index < 0 or size < 1:
+            raise ValueError(f"bad index/rank/world/size: {index}/{rank}/{world}/{size}")
+        per_epoch = self.train_size // (world * size)
+        if per_epoch == 0:
+            raise ValueError(f"a global batch of {world * size} exceeds the {self.train_size} "
+                             f"training images of {self.images.root}")
+        epoch, within = divmod(index, per_epoch)
+        start = within * world * size + rank * size
+        ids = self.train_ids[self._epoch_order(epoch)[start:start + size]]
+        x, y = self.train.load_batch(ids, self.train_transform, augment_rng(self.seed, rank, index, 0))
+        return x, self.relabel[y]
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """An eval split of ``eval_size`` examples; see the module docstring."""
-        if name not in SPLIT_FACTORS:
-            raise ValueError(f"unknown split {name!r}; allowed: {', '.join(self.split_names)}")
-        stream, classes = (OOD_STREAM, OOD_CLASSES) if name == "ood" else (TEST_STREAM, ID_CLASSES)
-        return self._load(name, stream, self.eval_size, classes, SPLIT_FACTORS[name])
+        """An eval split (see the module docstring)."""
+        from reliscale.data.corruptions import CorruptedSplit
+
+        labels, im = self.held_out.labels, self.images
+        corruption = corruption_split(name)
+        if name == "id" or corruption:
+            ids = fixed_subset(np.flatnonzero(self.relabel[labels] >= 0), self.eval_size)
+            source = CorruptedSplit(self.held_out, *corruption, EVAL_SEED) if corruption else self.held_out
+            x, y = source.load_batch(ids, self.eval_transform)
+            return x, self.relabel[y]
+        if name == "ood" and im.ood_classes:
+            ids = fixed_subset(np.flatnonzero(np.isin(labels, self.ood_labels)), self.eval_size)
+            return self.held_out.load_batch(ids, self.eval_transform)
+        if name == "ood_far" and im.ood_root:
+            far = self.open(im.ood_root, im.eval_split)
+            return far.load_batch(fixed_subset(np.arange(len(far)), self.eval_size),
+                                  self.eval_transform)
+        raise ValueError(f"unknown split {name!r}; allowed: id, <corruption>_<severity>"
+                         + ", ood" * bool(im.ood_classes) + ", ood_far" * bool(im.ood_root))
 
     def fewshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The 10-way few-shot task: support pool x, y and query x, y (``eval_size`` examples)."""
-        xs, ys = self._load("fewshot_support", SUPPORT_STREAM, SUPPORT_POOL, ALL_CLASSES, ID_FACTORS)
-        xq, yq = self._load("fewshot_query", QUERY_STREAM, self.eval_size, ALL_CLASSES, ID_FACTORS)
+        """The few-shot task: support pool x, y and query x, y, labels the dataset's classes."""
+        support, query = self._fewshot_splits()
+        xs, ys = support.load_batch(per_class(support.labels, FEWSHOT_POOL), self.eval_transform)
+        xq, yq = query.load_batch(fixed_subset(np.arange(len(query)), self.eval_size),
+                                  self.eval_transform)
         return xs, ys, xq, yq
 
-    def train_batch(
-        self, step: int, rank: int, world_size: int, batch_size: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Rank ``rank``'s share of global batch ``step`` (``world_size * batch_size`` examples).
+    def _fewshot_splits(self):
+        im = self.images
+        if im.downstream_root:
+            return (self.open(im.downstream_root, im.train_split),
+                    self.open(im.downstream_root, im.eval_split))
+        return self.train, self.held_out
 
-        Within an epoch of ``train_size // (world_size * batch_size)`` steps no example
-        repeats and ranks get disjoint examples; the first epoch reads the training set in
-        order, each later one in a seeded permutation.
-        """
-        if not 0 <= rank < world_size or step < 0 or batch_size < 1:
-            raise ValueError(
-                f"bad step/rank/world_size/batch_size: {step}/{rank}/{world_size}/{batch_size}"
-            )
-        global_batch = world_size * batch_size
-        steps_per_epoch = self.train_size // global_batch
-        if steps_per_epoch == 0:
-            raise ValueError(f"global batch {global_batch} exceeds train_size {self.train_size}")
-        if self._train is None:
-            self._train = self._load("train", TRAIN_STREAM, self.train_size, ID_CLASSES, ID_FACTORS)
-        epoch, within = divmod(step, steps_per_epoch)
-        start = within * global_batch + rank * batch_size
-        if epoch == 0:
-            idx = np.arange(start, start + batch_size)
-        else:
-            rng = np.random.default_rng([self.seed, EPOCH_STREAM, epoch])
-            idx = rng.permutation(self.train_size)[start : start + batch_size]
-        x, y = self._train
-        return x[idx], y[idx]
+    def datasets(self) -> list[dict]:
+        """The trial's datasets as MLflow inputs: name, digest (`split_digest`), source, context
+        ("training" or "evaluation") and a profile of counts."""
+        im = self.images
+
+        def entry(root: str, split: str, context: str, **profile: int) -> dict:
+            opened = self.open(root, split)
+            return {"name": f"{Path(root).name}/{split}", "digest": split_digest(Path(root), split),
+                    "source": str(Path(root).resolve()), "context": context,
+                    "profile": {"images": len(opened), "classes": opened.num_classes,
+                                "skipped": len(opened.survey.problems), **profile}}
+
+        out = [entry(im.root, im.train_split, "training", examples=self.train_size,
+                     trained_classes=self.num_classes),
+               entry(im.root, im.eval_split, "evaluation")]
+        if im.ood_root:
+            out.append(entry(im.ood_root, im.eval_split, "evaluation"))
+        if im.downstream_root:
+            out += [entry(im.downstream_root, s, "evaluation") for s in (im.train_split, im.eval_split)]
+        return out
+
+
+def _one_line(e: Exception) -> str:
+    """An error as one line: the first line, and the first of the listed problems."""
+    lines = str(e).splitlines()
+    return lines[0] + (f" first: {lines[1]}" if len(lines) > 1 else "")
+
+
+def dataset_problem(spec) -> str | None:
+    """What is wrong with the spec's image datasets on this machine, as one line, or None."""
+    from reliscale.data.image_sources import open_split, open_splits
+
+    im = spec.data.images
+    opts = {"channels": im.num_channels, "on_bad_input": im.on_bad_input}
+    splits = (im.train_split, im.eval_split)
+    opened = {}
+    for key in ("root", "ood_root", "downstream_root"):
+        root = getattr(im, key)
+        if root is None:
+            continue
+        try:
+            opened[key] = (open_splits(root, splits, **opts) if key != "ood_root"
+                           else {im.eval_split: open_split(root, im.eval_split, **opts)})
+        except (OSError, ValueError) as e:
+            return f"data.images.{key}: {_one_line(e)}"
+    train, held_out = (opened["root"][s] for s in splits)
+    classes = train.classes
+    unknown = [c for c in im.ood_classes if c not in classes]
+    if unknown:
+        return (f"data.images.ood_classes: {unknown[0]!r} is not a class of {im.root}; "
+                f"allowed: {', '.join(classes)}")
+    kept = len(classes) - len(im.ood_classes)
+    if kept < 2:
+        return f"data.images.ood_classes: leave {kept} class(es) of {im.root} to train; need >= 2"
+    if im.num_classes is not None and im.num_classes != kept:
+        return (f"data.images.num_classes: {im.num_classes}, but {im.root} has {kept} classes "
+                f"to train ({len(classes)} less {len(im.ood_classes)} ood_classes)")
+    ood = np.isin(np.asarray(classes)[held_out.labels], im.ood_classes)
+    trained = np.isin(np.asarray(classes)[train.labels], im.ood_classes, invert=True).sum()
+    batch = max(spec.data.batch_size) if isinstance(spec.data.batch_size, tuple) else spec.data.batch_size
+    for what, n, need in ((f"held-out images of trained classes in {im.eval_split!r}", (~ood).sum(), 1),
+                          (f"held-out images of ood_classes in {im.eval_split!r}",
+                           ood.sum(), 1 if im.ood_classes else 0),
+                          (f"training images of trained classes in {im.train_split!r}", trained, batch)):
+        if n < need:
+            return f"data.images.root: {n} {what}; need >= {need}"
+    key, support = ("downstream_root", opened["downstream_root"][im.train_split]) \
+        if im.downstream_root else ("root", train)
+    counts = np.bincount(support.labels, minlength=support.num_classes)
+    if counts.min() < max(SHOTS):
+        c = int(counts.argmin())
+        return (f"data.images.{key}: few-shot support needs {max(SHOTS)} {im.train_split!r} images "
+                f"of every class; class {support.classes[c]!r} has {counts[c]}")
+    return None
+
+
+@register
+class Images(TaskKind):
+    """Images on disk: held-out, ImageNet-C-style corrupted and OOD splits, and few-shot."""
+
+    name = "images"
+    info = TaskInfo(
+        kind="classification", unit="examples", families=("vit",), techniques=TECHNIQUES,
+        splits=("id", "ood", "ood_far", "fewshot"), metrics=CLASSIFICATION_METRICS,
+        extra_split=lambda name: corruption_split(name) is not None,
+        extra_split_help=", or <corruption>_<severity 1-5> of " + ", ".join(SEVERITIES),
+    )
+
+    def build(self, trial, world: int, cache_dir: Path) -> ClassificationStream:
+        spec = trial.spec
+        task = ImageTask(spec.data.images, trial.seed, trial.data_size, spec.eval.examples)
+        return ClassificationStream(task, world, spec.grad_accumulation())
+
+    def model(self, trial):
+        from reliscale.models.build import image_classifier
+
+        im = trial.spec.data.images
+        return image_classifier(trial, im.image_size, im.patch_size, im.num_channels,
+                                trained_classes(im))
+
+    def evaluator(self, task, trial):
+        from reliscale.evaluation.classification import ClassificationEvaluator
+
+        splits = trial.spec.splits()
+        groups: dict[str, tuple[str, ...]] = {}
+        for name in splits:
+            if corruption := corruption_split(name):
+                groups[corruption[0]] = (*groups.get(corruption[0], ()), name)
+        return ClassificationEvaluator(task, splits, trial.spec.eval.metrics, groups)
+
+    def sequence_lengths(self, trial) -> tuple[int, int]:
+        im = trial.spec.data.images
+        patches = (im.image_size // im.patch_size) ** 2
+        return patches + 1, (patches + 2 if trial.size.dec else 0)
+
+    def splits(self, spec) -> tuple[str, ...]:
+        im = spec.data.images
+        if im is None:
+            return ("id", "fewshot")
+        shifted = [f"{c}_{s}" for c in im.corruptions for s in im.severities]
+        ood = ["ood"] if im.ood_classes else []
+        far = ["ood_far"] if im.ood_root else []
+        return ("id", *shifted, *ood, *far, "fewshot")
+
+    def allows_split(self, spec, name: str) -> bool:
+        return name in self.splits(spec) or corruption_split(name) is not None
+
+    def check(self, spec) -> tuple[str, str] | None:
+        if spec.data.images is None:
+            return ("data.images", "is required for task 'images'; allowed: {root: <dataset folder>, "
+                    "image_size, patch_size, num_channels, ood_classes, ...}")
+        return None
+
+    def preflight(self, spec) -> str | None:
+        return dataset_problem(spec)

@@ -53,18 +53,23 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
     import ray.train
 
     from reliscale.trial.rendezvous import EnvRendezvous
-    from reliscale.trial.trainer import ReportToTune, TrialTrainer, remove_recorded_placement_group
+    from reliscale.trial.trainer import (
+        ReportToTune,
+        TrialTrainer,
+        placement_group_key,
+        remove_recorded_placement_group,
+    )
 
     trial = trials[config["trial_id"]]
     # the workers' placement group of an earlier try whose trial actor died with its controller in it
-    placement_group_key = f"{trial.study}/{trial.trial_id}"
-    remove_recorded_placement_group(placement_group_key)
+    pg_key = placement_group_key(trial.study, trial.trial_id)
+    remove_recorded_placement_group(pg_key)
     r = trial.spec.resources
     resources = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker:
         resources["GPU"] = r.gpus_per_worker
     trainer = TrialTrainer(
-        worker_loop, backend_config=EnvRendezvous(), placement_group_key=placement_group_key,
+        worker_loop, backend_config=EnvRendezvous(), placement_group_key=pg_key,
         train_loop_config={"trial": trial, "run_id": run_ids[trial.trial_id], "tracking_uri": tracking_uri,
                            "init_from": (init_from or {}).get(trial.trial_id)},
         scaling_config=ray.train.ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
@@ -82,4 +87,4 @@ def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, s
     try:
         trainer.fit()
     finally:  # left behind by a controller stopped before its own clean-up
-        remove_recorded_placement_group(placement_group_key)
+        remove_recorded_placement_group(pg_key)

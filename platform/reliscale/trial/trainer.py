@@ -21,8 +21,9 @@ bench/loop.md). A trial's trainer does without five of them:
   in Ray's KV store (`RecordPlacementGroup`), and the trial removes it after `fit` and before a
   retried trial's `fit` (`remove_recorded_placement_group`): no process, no polling.
 
-Ray 2.60 builds the controller and its callbacks in private methods, so this follows Ray's pin in
-pyproject.toml.
+Ray 2.60 builds the controller and its callbacks in private methods, and keeps the workers'
+placement group in private state: those parts live in `reliscale.compat.ray_train`, which checks
+the installed Ray against the version it was written for.
 
 The controller collects its workers' reports by polling them, every 2 s by default. A worker's
 result queue holds one report, so a report made less than 2 s after the previous one waits, and
@@ -33,46 +34,32 @@ RAY_TRAIN_HEALTH_CHECK_INTERVAL_S set by the user wins.
 
 from __future__ import annotations
 
-import asyncio
 import os
 
-import ray
 import ray.tune
-from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get, _internal_kv_put
-from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-from ray.train.v2._internal.execution.callback import WorkerGroupCallback
-from ray.train.v2._internal.execution.controller import TrainController
 from ray.train.v2.api.callback import UserCallback
-from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-from ray.train.v2.api.result import Result
-from ray.util.placement_group import PlacementGroup, remove_placement_group
+from ray.util.placement_group import remove_placement_group
 
-KV_NAMESPACE = "reliscale.placement_groups"
-
-
-class RecordPlacementGroup(WorkerGroupCallback):
-    """Runs in the controller: records each worker group's placement group under `key` (the
-    latest one: the controller removes a failed group's own before it starts the next)."""
-
-    def __init__(self, key: str):
-        self.key = key
-
-    def after_worker_group_start(self, worker_group) -> None:
-        pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
-        _internal_kv_put(self.key, pg.id.hex(), overwrite=True, namespace=KV_NAMESPACE)
+from reliscale.compat.ray_train import (
+    ControllerInThreadTrainer,
+    RecordPlacementGroup,
+    forget_placement_group,
+    recorded_placement_group,
+    replace_placement_group_cleaner,
+    without_datasets_callback,
+)
 
 
-def recorded_placement_group(key: str) -> PlacementGroup | None:
-    recorded = _internal_kv_get(key, namespace=KV_NAMESPACE)
-    return PlacementGroup(ray.PlacementGroupID(bytes.fromhex(recorded.decode()))) if recorded else None
+def placement_group_key(study: str, trial_id: str) -> str:
+    """The key a trial's workers' placement group is recorded under."""
+    return f"{study}/{trial_id}"
 
 
 def remove_recorded_placement_group(key: str) -> None:
     """Remove the placement group recorded under `key`, if any; removing one already gone is a no-op."""
     if pg := recorded_placement_group(key):
         remove_placement_group(pg)
-        _internal_kv_del(key, namespace=KV_NAMESPACE)
+        forget_placement_group(key)
 
 
 class ReportToTune(UserCallback):
@@ -82,7 +69,7 @@ class ReportToTune(UserCallback):
         ray.tune.report(metrics[0])
 
 
-class TrialTrainer(DataParallelTrainer):
+class TrialTrainer(ControllerInThreadTrainer):
     def __init__(self, *args, placement_group_key: str, **kwargs):
         # read from the environment when the controller is created, i.e. in `fit`; Ray Train
         # passes both on to the controller and the workers
@@ -91,14 +78,6 @@ class TrialTrainer(DataParallelTrainer):
         self.placement_group_key = placement_group_key
         super().__init__(*args, **kwargs)
 
-    def _create_default_callbacks(self):
-        callbacks = [RecordPlacementGroup(self.placement_group_key) if isinstance(c, PlacementGroupCleanerCallback)
-                     else c for c in super()._create_default_callbacks()]
-        if self.datasets:
-            return callbacks
-        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
-
-    def _initialize_and_run_controller(self, **controller_init_kwargs) -> Result:
-        controller = TrainController(**controller_init_kwargs)
-        asyncio.run(controller.run())
-        return controller.get_result()
+    def edit_default_callbacks(self, callbacks: list) -> list:
+        callbacks = replace_placement_group_cleaner(callbacks, RecordPlacementGroup(self.placement_group_key))
+        return callbacks if self.datasets else without_datasets_callback(callbacks)

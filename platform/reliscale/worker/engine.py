@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from reliscale.compat.deepspeed import disable_shm_comm_op, skip_gradient_allreduce
+
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
@@ -70,8 +72,7 @@ def init_deepspeed_comm() -> str:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    # The shared-memory collective op would be compiled with g++ on first use (~34 s).
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    disable_shm_comm_op()
     # DeepSpeed's ZeRO still calls collectives torch deprecates: a warning per worker per trial
     # about DeepSpeed's code, in the middle of the study's progress view.
     warnings.filterwarnings(
@@ -99,5 +100,5 @@ def build_engine(model: torch.nn.Module, spec, steps: int, lr: float):
         # Without ZeRO DeepSpeed all-reduces the gradients even when it is alone: it flattens
         # them, reduces over one rank and copies them back, ~4 ms of a 55 ms S1 step for an
         # identity. (ZeRO stages need that call: it moves gradients into their partitions.)
-        engine.enable_backward_allreduce = False
+        skip_gradient_allreduce(engine)
     return engine

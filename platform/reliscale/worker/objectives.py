@@ -2,9 +2,14 @@
 
 `erm` averages. `minimax` is task-robust pre-training (Wang et al. 2023): keep a
 weight per task group, raise the weights of groups with high loss by an
-exponentiated-gradient step each optimizer step, and minimise the weighted loss,
-so the worst group gets the weight. Group statistics are all-reduced, so every
-rank holds the same weights.
+exponentiated-gradient step on every micro-batch (as group DRO's online algorithm
+does on every batch, Sagawa et al. 2020: with gradient accumulation, an optimizer
+step takes one step per micro-batch), and minimise the weighted loss, so the worst
+group gets the weight. Group statistics are all-reduced, so every rank holds the
+same weights.
+
+`group_losses()` is what the loop logs: ERM's mean loss per group since the last call
+(summed locally, reduced only there), minimax's group means of its last update.
 """
 
 from __future__ import annotations
@@ -32,11 +37,26 @@ def global_group_means(losses: torch.Tensor, groups: torch.Tensor,
 class ERM:
     def __init__(self, num_groups: int):
         self.num_groups = num_groups
-        self.group_loss = torch.zeros(num_groups, dtype=torch.float64)
+        self.sums = self.counts = None
 
     def __call__(self, losses: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        self.group_loss, _ = global_group_means(losses, groups, self.num_groups)
+        if self.num_groups > 1:  # one group's loss is the logged training loss already
+            sums = torch.zeros(self.num_groups, dtype=torch.float64, device=losses.device)
+            sums.index_add_(0, groups, losses.detach().double())
+            counts = torch.bincount(groups, minlength=self.num_groups).double()
+            self.sums = sums if self.sums is None else self.sums + sums
+            self.counts = counts if self.counts is None else self.counts + counts
         return losses.mean()
+
+    def group_losses(self) -> list[float]:
+        """Mean loss per group over every rank's micro-batches since the last call (a collective)."""
+        sums = torch.zeros(self.num_groups, dtype=torch.float64) if self.sums is None else self.sums
+        counts = torch.zeros(self.num_groups, dtype=torch.float64) if self.counts is None else self.counts
+        if several_ranks():
+            dist.all_reduce(sums)
+            dist.all_reduce(counts)
+        self.sums = self.counts = None
+        return (sums / counts.clamp(min=1)).tolist()
 
     def state_dict(self) -> dict:
         return {}
@@ -66,6 +86,9 @@ class Minimax:
         counts = counts.to(losses.device, losses.dtype)
         world = dist.get_world_size() if several_ranks() else 1
         return (q[groups] / counts[groups] * losses).sum() * world
+
+    def group_losses(self) -> list[float]:
+        return self.group_loss.tolist()
 
     def state_dict(self) -> dict:
         return {"log_q": self.log_q.tolist()}

@@ -1,0 +1,1 @@
+"""Dataset preparation and readers: token shards for text corpora, image folders."""
