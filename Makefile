@@ -33,6 +33,7 @@ postgres:
 bench: .venv
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_tokenize.py
+	$(PY) bench/bench_lm_eval.py
 	$(PY) bench/bench_images.py
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/bench_fit.py
 	$(PY) bench/bench_optimizer.py

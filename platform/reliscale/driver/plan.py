@@ -1,7 +1,9 @@
-"""What a study will cost before it runs: parameters, FLOPs and memory per trial."""
+"""What a study will cost before it runs: parameters, FLOPs and memory per trial, and for tasks
+that decode their data (images) whether a worker's CPUs can feed its GPUs."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -10,6 +12,11 @@ from reliscale.spec.schema import StudySpec, TrialConfig, expand
 from reliscale.tasks import TASKS
 
 GPU_MEMORY_GB = 80.0
+# The feed check's assumed GPU speed: H100 SXM dense BF16 peak, 989 TFLOP/s (NVIDIA H100 Tensor
+# Core GPU datasheet), at an assumed 40 % model FLOPs utilisation. Small models reach less, so
+# for them the check overstates what the GPU consumes.
+GPU_PEAK_FLOPS = 989e12
+ASSUMED_MFU = 0.40
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,9 @@ class PlanRow:
     workers: int
     zero_stage: int
     est_mem_gb_per_worker: float
+    # Per worker, only for GPU workers of a task with a loader rate (see `feed_rates`).
+    examples_per_s_needed: float | None = None
+    loader_examples_per_s: float | None = None
 
 
 def sequence_lengths(trial: TrialConfig) -> tuple[int, int]:
@@ -75,15 +85,31 @@ def memory_terms(trial: TrialConfig, counts: dict[str, int]) -> dict[str, float]
     }
 
 
+def feed_rates(trial: TrialConfig, flops: float) -> tuple[float, float] | None:
+    """(examples/s a worker's GPUs train on at GPU_PEAK_FLOPS x ASSUMED_MFU, examples/s its loader
+    prepares: cpus_per_worker x the task's per-core rate), or None: CPU workers, or generated data.
+
+    The loader figure counts every CPU of the worker as a decoder: a worker reaches it only when
+    its batches are decoded in parallel on those CPUs.
+    """
+    r = trial.spec.resources
+    rate = TASKS[trial.spec.data.task].loader_rate(trial)
+    if rate is None or r.gpus_per_worker == 0:
+        return None
+    need = r.gpus_per_worker * GPU_PEAK_FLOPS * ASSUMED_MFU / (flops / trial.data_size)
+    return need, r.cpus_per_worker * rate
+
+
 def plan_trial(trial: TrialConfig, counts: dict[str, int]) -> PlanRow:
     spec = trial.spec
     enc_len, dec_len = sequence_lengths(trial)
     flops = ladder.training_flops(counts["n_params_nonembedding"], tokens_seen(trial),
                                   ladder.attention_flops_per_token(trial.size, enc_len, dec_len))
     mem = sum(memory_terms(trial, counts).values())
+    feed = feed_rates(trial, flops) or (None, None)
     return PlanRow(trial.trial_id, trial.family, trial.size.name, counts["n_params"],
                    counts["n_params_nonembedding"], trial.data_size, flops,
-                   spec.resources.workers, spec.train.zero_stage, round(mem / 2**30, 3))
+                   spec.resources.workers, spec.train.zero_stage, round(mem / 2**30, 3), *feed)
 
 
 def param_counts(trials: list[TrialConfig]) -> dict[str, dict[str, int]]:
@@ -101,7 +127,8 @@ def param_counts(trials: list[TrialConfig]) -> dict[str, dict[str, int]]:
 
 
 def plan(spec: StudySpec) -> tuple[list[PlanRow], list[str]]:
-    """The plan rows and the warnings (trials whose memory estimate exceeds a worker's)."""
+    """The plan rows and the warnings: trials whose memory estimate exceeds a worker's, and
+    trials whose loader cannot prepare examples as fast as their GPUs train on them."""
     trials = expand(spec)
     counts = param_counts(trials)
     rows = [plan_trial(t, counts[t.trial_id]) for t in trials]
@@ -111,11 +138,26 @@ def plan(spec: StudySpec) -> tuple[list[PlanRow], list[str]]:
         f"{limit:.1f} GB a worker has (raise resources.workers or train.zero_stage)"
         for r in rows if r.est_mem_gb_per_worker > limit
     ]
+    warnings += [feed_warning(spec, r) for r in rows
+                 if r.loader_examples_per_s is not None
+                 and r.examples_per_s_needed > r.loader_examples_per_s]
     return rows, warnings
 
 
+def feed_warning(spec: StudySpec, r: PlanRow) -> str:
+    res = spec.resources
+    per_cpu = r.loader_examples_per_s / res.cpus_per_worker
+    return (f"warning: {r.trial_id} needs ~{r.examples_per_s_needed / res.gpus_per_worker:,.0f} "
+            f"examples/s per GPU ({ASSUMED_MFU:.0%} of {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s); its "
+            f"loader prepares about {r.loader_examples_per_s:,.0f} on {res.cpus_per_worker:g} CPUs "
+            f"per worker; allowed: resources.cpus_per_worker >= "
+            f"{math.ceil(r.examples_per_s_needed / per_cpu)}")
+
+
 def as_dicts(rows: list[PlanRow]) -> list[dict]:
-    return [asdict(r) for r in rows]
+    """Rows as dicts; the feed figures only where the plan has them."""
+    feed = ("examples_per_s_needed", "loader_examples_per_s")
+    return [{k: v for k, v in asdict(r).items() if v is not None or k not in feed} for r in rows]
 
 
 def format_table(rows: list[PlanRow]) -> str:
@@ -123,11 +165,19 @@ def format_table(rows: list[PlanRow]) -> str:
     body = [(r.trial_id, r.family, r.size, _si(r.n_params), _si(r.n_params_nonembedding),
              _si(r.data_size), f"{r.flops:.2e}", str(r.workers), str(r.zero_stage),
              f"{r.est_mem_gb_per_worker:.2f} GB") for r in rows]
+    feed = any(r.loader_examples_per_s is not None for r in rows)
+    if feed:
+        head += ("need/s", "loader/s")
+        body = [(*line, f"{r.examples_per_s_needed:,.0f}", f"{r.loader_examples_per_s:,.0f}")
+                for line, r in zip(body, rows, strict=True)]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in (head, *body)]
     lines.insert(1, "  ".join("-" * w for w in widths))
     total = sum(r.flops for r in rows)
     lines.append(f"\n{len(rows)} trials, total training compute {total:.3e} FLOPs")
+    if feed:
+        lines.append(f"need/s, loader/s: examples per second per worker that its GPUs train on at "
+                     f"{ASSUMED_MFU:.0%} of {GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s, that its CPUs decode")
     return "\n".join(lines)
 
 

@@ -109,3 +109,8 @@ class TaskKind(ABC):
     def preflight(self, spec: Any) -> str | None:
         """A problem only the machine that starts the study can see (its data), or None."""
         return None
+
+    def loader_rate(self, trial: Any) -> float | None:
+        """Training examples one CPU core reads, decodes and augments per second, for the
+        planner's check that the data path can feed the GPUs; None: data costs the CPUs little."""
+        return None

@@ -51,6 +51,12 @@ SUBSET_STREAM, EPOCH_STREAM = 1, 2  # draws seeded by the trial seed
 EVAL_SEED = 0  # held-out subsets and corruption noise: one for every trial
 FEWSHOT_POOL = 100  # support images per class: 25 shots x a few draws
 DIGEST_CONTENT_BYTES = 64 << 20  # datasets up to this size are digested by content
+# The training loader's rate on one core: decode + random resized crop + flip + normalise of
+# 224x224 JPEGs, about 580 images per CPU-second (bench/images.md, "224 JPEG, train"). Another
+# image_size s is scaled by pixels: 580 * (224 / s)**2. Decode cost follows the stored images'
+# pixels, so larger stored images (ImageNet's average about 400x350) decode slower than this.
+LOADER_IMAGES_PER_CPU_S = 580.0
+LOADER_BENCH_SIZE = 224
 
 
 def corruption_split(name: str) -> tuple[str, int] | None:
@@ -373,3 +379,7 @@ class Images(TaskKind):
 
     def preflight(self, spec) -> str | None:
         return dataset_problem(spec)
+
+    def loader_rate(self, trial) -> float:
+        size = trial.spec.data.images.image_size
+        return LOADER_IMAGES_PER_CPU_S * (LOADER_BENCH_SIZE / size) ** 2
