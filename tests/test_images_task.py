@@ -165,7 +165,7 @@ def test_a_second_dataset_is_scored_as_far_ood_beside_the_held_out_classes(repo,
     assert IMAGES.preflight(spec) is None
     trial = expand(spec)[0]
     stream = build_task(trial, world=1)
-    assert [d["name"] for d in stream.task.datasets()] == ["digits0/train", "digits0/test", "far/test"]
+    assert [d["name"] for d in stream.task.datasets()] == [f"{digits.name}/train", f"{digits.name}/test", "far/test"]
     torch.manual_seed(0)
     out = build_evaluator(stream, trial).run(build_model(trial).eval(), "cpu", 0, 1)
     for split in ("ood", "ood_far"):
