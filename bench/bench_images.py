@@ -6,7 +6,9 @@ Inputs are real scans: scikit-learn's 8x8 digits, as PNG files (the originals) a
 micro-batch) or the eval transform (resize + centre crop); the baseline is the loop one would
 write by hand over the same files: ``Image.open``, ``convert``, a crop box from Python's
 ``random``, ``resize``, flip, normalise. One process, one thread; rates are per second of
-this process's CPU time (the machine is shared), best of 3 interleaved passes.
+this process's CPU time (the machine is shared), best of 3 interleaved passes. A last table
+runs in parallel, per wall-clock second: the loader on k decode threads against torch's
+``DataLoader`` with k worker processes over the same files and the same transform.
 
     .venv/bin/python bench/bench_images.py [--out bench/images.md]
 """
@@ -110,6 +112,47 @@ def plain_pil_pass(paths: list[Path], size: int, mode: str, train: bool, flip: b
         (x - mean[:, None, None]) / std[:, None, None]
 
 
+class FolderDataset:
+    """The same files for torch's DataLoader: PIL decode and the loader's train transform per item."""
+
+    def __init__(self, paths: list[Path], transform: TrainTransform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.paths[i]) as f:
+            image = np.asarray(f.convert("RGB"))
+        return self.transform(image, np.random.default_rng([0, i]).random(self.transform.draws)), 0
+
+
+def thread_scaling(root: Path, threads: tuple[int, ...] = (1, 2), reps: int = 3
+                   ) -> list[tuple[int, float, float]]:
+    """(k, images per wall-clock second of the loader on k decode threads, of torch's DataLoader
+    with k worker processes over the same files) for the 224 JPEG train pass; the fastest of
+    ``reps`` interleaved passes, the DataLoader's workers started before timing."""
+    from torch.utils.data import DataLoader
+
+    tf = TrainTransform(224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    splits = [open_split(root / "jpeg224", "train", channels=3, check="header", threads=k) for k in threads]
+    n = (len(splits[0]) // MICRO) * MICRO
+    paths = sorted((root / "jpeg224" / "train").glob("*/*"))[:n]
+    loaders = [DataLoader(FolderDataset(paths, tf), batch_size=MICRO, num_workers=k, persistent_workers=True)
+               for k in threads]
+    for loader in loaders:
+        list(loader)  # start the workers
+    ours, plain = [float("inf")] * len(threads), [float("inf")] * len(threads)
+    for _ in range(reps):
+        for j, (split, loader) in enumerate(zip(splits, loaders, strict=True)):
+            t0 = time.perf_counter()
+            loader_pass(split, tf, True)
+            t1 = time.perf_counter()
+            list(loader)
+            ours[j], plain[j] = min(ours[j], t1 - t0), min(plain[j], time.perf_counter() - t1)
+    return [(k, n / a, n / b) for k, a, b in zip(threads, ours, plain, strict=True)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/images.md")
@@ -146,6 +189,7 @@ def main() -> None:
                            plain_pil_pass(p, z, m, tr, fl, c))
             rates = best_rates(fns, n)
             rows.append((name, n, rates[0], rates[1] if len(rates) > 1 else None))
+        scaling = thread_scaling(root)
     lines = [
         "# Image loader: decode + augment throughput on one core\n",
         f"- machine: {machine()}, Pillow {Image.__version__}, numpy {np.__version__}; one process, "
@@ -168,6 +212,12 @@ def main() -> None:
               "| input | check | images | CPU seconds | images/CPU-s |", "|---|---|---|---|---|"]
     for layout, check, n, s in opens:
         lines.append(f"| {layout} | {check} | {n} | {s:.3f} | {n / s:,.0f} |")
+    lines += ["", f"In parallel (224 JPEG, train; images per wall-clock second, best of 3; {os.cpu_count()} cores): "
+              "the loader on k decode threads against torch's DataLoader with k worker processes over the "
+              "same files and transform:", "",
+              "| k | loader images/s | vs k = 1 | DataLoader images/s | loader / DataLoader |", "|---|---|---|---|---|"]
+    for k, rate, plain in scaling:
+        lines.append(f"| {k} | {rate:,.0f} | {rate / scaling[0][1]:.2f} | {plain:,.0f} | {rate / plain:.2f} |")
     write_run(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -25,9 +25,7 @@ import ray
 import torch
 from record import machine, write_run
 
-from reliscale.data.cli import heldout_next_line_task
-from reliscale.data.local_text import write_local_corpus
-from reliscale.data.prepare import PrepareOptions, prepare
+from reliscale.data.local_text import prepare_local_dataset
 from reliscale.evaluation.choices import causal_lm_logprob_fn, choice_metrics, score_choices
 from reliscale.evaluation.lm import as_token_stats
 from reliscale.evaluation.predict import eval_schedule, predict_split
@@ -35,7 +33,6 @@ from reliscale.evaluation.token_metrics import token_metrics, token_stats
 from reliscale.spec import ladder
 from reliscale.spec.schema import expand, load_spec
 from reliscale.tasks import build_evaluator, build_model, build_task, meta_param_counts
-from reliscale.tasks.next_line import write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_STEPS_PER_ROUND = 10  # training steps timed together in each round
@@ -72,16 +69,11 @@ def forward_flops_per_token(trial, n_nonembedding: int, vocab: int, ctx: int) ->
 
 def smoke_dataset(root: Path, items: int) -> tuple[Path, Path]:
     """The smoke job's data: ~0.6 MB per domain of local text, BPE 1024, and a next-line task."""
-    folders = write_local_corpus(root / "corpus", max_mb=0.6)
     ray.init(num_cpus=2)
     try:
-        prepare(PrepareOptions(out=root / "ds", domains=[[f"{d}={f}"] for d, f in folders.items()],
-                               train_bpe=1024, heldout_fraction=0.1))
+        return prepare_local_dataset(root, next_line_items=items)
     finally:
         ray.shutdown()
-    task = heldout_next_line_task(root / "ds", "code", items, choices=4, context_lines=3, seed=0)
-    write_jsonl(task, root / "next_line.jsonl")
-    return root / "ds", root / "next_line.jsonl"
 
 
 def smoke_costs(ds: Path, choice_file: Path, cache: Path, threads: int) -> dict:

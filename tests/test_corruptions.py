@@ -150,6 +150,9 @@ class ListSplit:
     def load(self, i):
         return self.images[i]
 
+    def map(self, fn, *items):
+        return list(map(fn, *items))
+
 
 def test_corrupted_split_corrupts_after_the_eval_geometry_keyed_by_index(digits224):
     scans = [np.ascontiguousarray(x[::7, ::7]) for x in digits224]  # 32 x 32

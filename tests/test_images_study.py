@@ -1,4 +1,5 @@
-"""The image task inside real trials: a tiny ViT on the digits x every technique, ZeRO-2, MLflow."""
+"""The image task inside real trials: a tiny ViT on the digits x every technique, ZeRO-2, MLflow;
+then each trial fine-tuned on the downstream digits (parquet), with a new head."""
 
 from __future__ import annotations
 
@@ -20,13 +21,19 @@ SEVERITIES = (1, 3, 5)
 @pytest.fixture(scope="module")
 def study(repo, tmp_path_factory):
     digits = write_digits(tmp_path_factory.mktemp("digits"))
-    spec = load_spec(repo / "jobs" / "images_smoke.yaml", [f"data.images.root={digits}"])
-    client, runs, _ = run_trials(spec, tmp_path_factory.mktemp("studies"))
-    return spec, client, {r.data.params["technique"]: r for r in runs}
+    downstream = write_digits(tmp_path_factory.mktemp("data") / "downstream", "parquet")
+    spec = load_spec(repo / "jobs" / "images_smoke.yaml",
+                     [f"data.images.root={digits}", f"data.images.downstream_root={downstream}"])
+    root = tmp_path_factory.mktemp("studies")
+    client, runs, _ = run_trials(spec, root)
+    exp = client.get_experiment_by_name(spec.name)
+    finetunes = client.search_runs([exp.experiment_id], "tags.`reliscale.role` = 'finetune'")
+    return spec, client, {r.data.params["technique"]: r for r in runs}, \
+        {r.data.params["technique"]: r for r in finetunes}, root
 
 
 def test_every_technique_logs_id_corrupted_ood_and_fewshot_metrics(study):
-    _, _, runs = study
+    _, _, runs, _, _ = study
     assert sorted(runs) == ["batchensemble", "gp", "het", "none"]
     per_split = [m for m in CLASSIFICATION_METRICS if not m.startswith(("ood", "fpr")) and "shot" not in m]
     for technique, run in runs.items():
@@ -52,7 +59,7 @@ def test_trained_models_beat_chance_and_lose_accuracy_under_heavy_noise(study):
     # 8 classes: chance is 0.125. Measured after 400 steps: id accuracy 0.97 (none,
     # batchensemble), 0.96 (het) and 0.65 (gp: its random-feature head learns slowest; 0.5-0.7
     # over runs); Gaussian noise at severity 5 (std 0.38 of the pixel range) costs 0.35-0.5.
-    _, _, runs = study
+    _, _, runs, _, _ = study
     for technique, run in runs.items():
         m = run.data.metrics
         assert m["eval/id/accuracy"] > (0.4 if technique == "gp" else 0.8), (technique, m)
@@ -64,7 +71,7 @@ def test_trained_models_beat_chance_and_lose_accuracy_under_heavy_noise(study):
 def test_scalinglaws_loads_the_study(study):
     from scalinglaws.load import load_study
 
-    spec, client, runs = study
+    spec, client, runs, _, _ = study
     df = load_study(spec.name, client.tracking_uri)
     assert sorted(df["technique"].unique()) == sorted(runs)
     last = df[df["data_seen"] == df["data_seen"].max()]
@@ -73,9 +80,62 @@ def test_scalinglaws_loads_the_study(study):
 
 
 def test_each_run_names_the_image_datasets_it_read(study):
-    _, client, runs = study
+    _, client, runs, _, _ = study
     for technique, run in runs.items():
         inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
         contexts = sorted(i.tags[0].value for i in inputs)
         assert "training" in contexts and len({i.dataset.digest for i in inputs}) >= 1, technique
         assert all(len(i.dataset.digest) == 32 for i in inputs)
+
+
+def test_every_technique_is_fine_tuned_downstream_from_its_pretrained_weights(study):
+    _, _, runs, finetunes, _ = study
+    assert sorted(finetunes) == sorted(runs)
+    for technique, ft in finetunes.items():
+        base = runs[technique]
+        p = ft.data.params
+        assert p["base_trial"] == base.data.params["trial_id"] and p["trial_id"] == f"{p['base_trial']}_ft-downstream"
+        assert p["pretrain_data_size"] == base.data.params["data_size"] == "12800" and p["data_size"] == "3200"
+        assert p["init_from"].startswith("step_") and p["lr"] == "0.001" and p["n_params"] != base.data.params["n_params"]
+
+
+def test_fine_tunes_log_downstream_id_corrupted_and_ood_metrics_and_no_fewshot(study):
+    # 9 classes (digits 0-8; 9 held out as OOD): chance 0.11. Measured after 100 steps from the
+    # pretrained backbone: id accuracy 0.955 (none, batchensemble), 0.87 (het), 0.59 (gp); the same
+    # 100 steps from scratch reach 0.55 (none) and 0.52 (batchensemble): the 0.7 bar needs the backbone.
+    _, _, _, finetunes, _ = study
+    for technique, ft in finetunes.items():
+        m = ft.data.metrics
+        assert m["eval/id/accuracy"] > (0.3 if technique == "gp" else 0.7), (technique, m["eval/id/accuracy"])
+        for key in ("eval/id/ece", "eval/id/nll", "eval/gaussian_noise_5/gap_accuracy", "eval/shifted/mean_ece",
+                    "eval/ood/ood_auroc_msp", "eval/ood/fpr95"):
+            assert key in m, (technique, key)
+        assert not [k for k in m if k.startswith("eval/fewshot/")], technique
+        assert "reliscale.outcome" not in ft.data.tags
+
+
+def test_fine_tunes_load_as_their_own_table_against_the_pretraining_size(study):
+    from scalinglaws.load import final_points, load_study
+
+    spec, client, _runs, finetunes, _ = study
+    points = final_points(load_study(spec.name, client.tracking_uri, role="finetune"))
+    assert sorted(points["technique"]) == sorted(finetunes)
+    assert (points["pretrain_data_size"] == 12800).all() and (points["data_size"] == 3200).all()
+    assert points["eval/id/accuracy"].notna().all() and points["base_trial"].str.endswith("_s0").all()
+
+
+def test_fine_tune_runs_name_the_downstream_dataset(study):
+    _, client, _, finetunes, _ = study
+    for technique, ft in finetunes.items():
+        names = {i.dataset.name for i in client.get_run(ft.info.run_id).inputs.dataset_inputs}
+        assert names == {"downstream/train", "downstream/test"}, (technique, names)
+
+
+def test_status_lists_the_fine_tunes_after_the_grid(study):
+    from reliscale.driver.status import format_status, study_status
+
+    spec, _, _, _finetunes, root = study
+    rows = study_status(spec, root)
+    assert [r["state"] for r in rows] == ["FINISHED"] * 8
+    assert [r["trial_id"] for r in rows[4:]] == [f"{r['trial_id']}_ft-downstream" for r in rows[:4]]
+    assert "8/8 trials finished" in format_status(rows)

@@ -23,7 +23,9 @@ def digits(tmp_path_factory) -> Path:
 
 
 def smoke_spec(repo: Path, root: Path | str, *overrides: str):
-    return load_spec(repo / "jobs" / "images_smoke.yaml", [f"data.images.root={root}", *overrides])
+    """The smoke job without its downstream dataset: few-shot over every class of `root`."""
+    return load_spec(repo / "jobs" / "images_smoke.yaml", [f"data.images.root={root}", "finetune=null",
+                                                            "data.images.downstream_root=null", *overrides])
 
 
 def task(spec, seed: int = 0, data_size: int = 9600) -> ImageTask:
@@ -43,6 +45,20 @@ def test_batches_are_a_pure_function_of_seed_rank_and_micro_batch(repo, digits):
     assert x.shape == (16, 1, 32, 32) and x.dtype == np.float32 and set(y) <= set(range(8))
 
 
+def test_batches_are_the_same_pixels_on_any_number_of_decode_threads_and_call_order(repo, digits):
+    spec = smoke_spec(repo, digits, "data.images.cache=false")
+    one, three = task(spec), ImageTask(spec.data.images, 0, 9600, spec.eval.examples, threads=3)
+    assert three.train._pool is not None and one.train._pool is None
+    # in order (each call hands back the prefetched batch), then jumps (a resume: decoded on the spot)
+    for index in (0, 1, 2, 40, 3, 3, 4):
+        x1, y1 = one.train_examples(index, 1, 2, 16)
+        x3, y3 = three.train_examples(index, 1, 2, 16)
+        assert np.array_equal(x1, x3) and np.array_equal(y1, y3), index
+        assert np.array_equal(x1, task(spec)._load_train(index, 1, 2, 16)[0]), index  # no prefetch
+        assert three._next[0] == (index + 1, 1, 2, 16)  # the next one is on its way
+    assert np.array_equal(one.split("gaussian_noise_3")[0], three.split("gaussian_noise_3")[0])
+
+
 def test_an_epoch_shows_each_trained_image_once_and_data_sizes_are_nested(repo, digits):
     spec = smoke_spec(repo, digits)
     full = task(spec)
@@ -53,9 +69,9 @@ def test_an_epoch_shows_each_trained_image_once_and_data_sizes_are_nested(repo, 
     for index in range(640 // 32):  # one epoch of global batches of 2 ranks x 16
         for rank in range(2):
             start = (index * 2 + rank) * 16
-            seen += list(small.train_ids[small._epoch_order(0)[start:start + 16]])
+            seen += list(small.train_ids[small._epoch_permutation(0)[start:start + 16]])
             _, y = small.train_examples(index, rank, 2, 16)
-            labels = small.relabel[small.train.labels[small.train_ids[small._epoch_order(0)[start:start + 16]]]]
+            labels = small.relabel[small.train.labels[small.train_ids[small._epoch_permutation(0)[start:start + 16]]]]
             assert np.array_equal(y, labels)
     assert sorted(seen) == sorted(small.train_ids)
     assert not np.isin(small.train.labels[small.train_ids], [8, 9]).any()
@@ -104,17 +120,32 @@ def test_preflight_names_the_bad_folder_and_file_in_one_line(repo, digits, tmp_p
 
 def test_corrupted_split_is_the_upscaled_id_images_through_imagenet_c_contrast(repo, digits):
     t = task(smoke_spec(repo, digits))
-    x_id, y_id = t.split("id")
-    x_c, y_c = t.split("contrast_5")
+    (x_id, y_id), (x_c, y_c) = ((np.asarray(x), y) for x, y in (t.split("id"), t.split("contrast_5")))
     assert np.array_equal(y_id, y_c) and x_id.shape == (277, 1, 32, 32)  # 277 test images of 0-7
     # Reference: undo Normalize(0.5, 0.5) on the upscaled id image, then (x - mean) * 0.05 + mean.
     clean = x_id * 0.5 + 0.5
     mean = clean.mean(axis=(2, 3), keepdims=True)
     expected = (clean - mean) * 0.05 + mean
     assert np.abs((x_c * 0.5 + 0.5) - expected).max() <= 1 / 255 + 1e-6
-    noisy = [t.split(f"gaussian_noise_{s}")[0] for s in (1, 5)]
+    noisy = [np.asarray(t.split(f"gaussian_noise_{s}")[0]) for s in (1, 5)]
     assert np.abs(noisy[0] - x_id).mean() < np.abs(noisy[1] - x_id).mean()  # severity 5 is noisier
     assert np.array_equal(noisy[1], task(smoke_spec(repo, digits), seed=3).split("gaussian_noise_5")[0])
+
+
+def test_each_rank_decodes_only_its_shard_of_an_eval_split_and_keeps_it_as_uint8(repo, digits):
+    from reliscale.evaluation.predict import _shard
+
+    t = task(smoke_spec(repo, digits))
+    whole = np.asarray(t.split("gaussian_noise_3")[0])
+    x, _ = t.split("gaussian_noise_3")
+    shards = [_shard({"x": x}, rank, 3)["x"] for rank in range(3)]
+    assert len(x._rows) == len(x) == 277 and x._rows[0].dtype == np.uint8
+    assert np.array_equal(np.concatenate(shards)[:277], whole)  # 93 rows a rank, the last row repeated
+    assert np.array_equal(shards[2][-1], whole[-1]) and len(shards[2]) == 93
+    one_rank, _ = t.split("gaussian_noise_3")
+    _shard({"x": one_rank}, 1, 3)
+    assert sorted(one_rank._rows) == list(range(93, 186))  # rank 1 of 3 decoded rows 93-185 only
+    assert np.array_equal(one_rank[100:102], whole[100:102]) and one_rank.shape == (277, 1, 32, 32)
 
 
 def test_ood_split_holds_the_held_out_classes_and_fewshot_all_ten(repo, digits):

@@ -12,13 +12,10 @@ import numpy as np
 import pytest
 import ray
 
-from reliscale.data.cli import heldout_next_line_task
-from reliscale.data.local_text import write_local_corpus
-from reliscale.data.prepare import PrepareOptions, prepare
+from reliscale.data.local_text import prepare_local_dataset
 from reliscale.data.text_dataset import TextDataset
 from reliscale.spec.schema import SpecError, expand, load_spec
 from reliscale.tasks import build_task
-from reliscale.tasks.next_line import write_jsonl
 
 from conftest import run_trials
 
@@ -31,15 +28,11 @@ OOD_METRICS = ("ood_auroc_nll", "fpr95_nll", "ood_auroc_maxprob", "fpr95_maxprob
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("text")
-    folders = write_local_corpus(root / "corpus", max_mb=0.6)
     ray.init(num_cpus=2)
     try:
-        prepare(PrepareOptions(out=root / "ds", domains=[[f"{d}={f}"] for d, f in folders.items()],
-                               train_bpe=1024, heldout_fraction=0.1))
+        prepare_local_dataset(root)
     finally:
         ray.shutdown()
-    items = heldout_next_line_task(root / "ds", "code", items=48, choices=4, context_lines=3, seed=0)
-    write_jsonl(items, root / "next_line.jsonl")
     return root
 
 

@@ -74,8 +74,9 @@ def test_report_is_logged_as_artifacts_of_an_mlflow_run(tmp_path_factory, tmp_pa
     df = load_study("toy_study", uri)
     run_id = df["parent_run_id"].iloc[0]
     write_report(df, tmp_path, ["train/loss"], n_boot=20, log_to_run=run_id, tracking_uri=uri)
-    logged = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id, "scalinglaws")}
-    assert {"scalinglaws/report.md", "scalinglaws/laws.json", "scalinglaws/fit_train_loss.png"} <= logged
+    folder = f"scalinglaws/{tmp_path.name}"  # one folder per report: several laws do not overwrite each other
+    logged = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id, folder)}
+    assert {f"{folder}/report.md", f"{folder}/laws.json", f"{folder}/fit_train_loss.png"} <= logged
 
 
 def test_individual_plots_render(tmp_path):

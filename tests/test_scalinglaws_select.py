@@ -155,8 +155,9 @@ def test_report_is_logged_to_the_study_parent_run(sweep, tmp_path, capsys):
     client = MlflowClient(tracking_uri=sweep)
     parent = client.search_runs([client.get_experiment_by_name("sweep").experiment_id],
                                 "tags.`reliscale.role` = 'study'")[0]
-    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "scalinglaws")}
-    assert {"scalinglaws/report.md", "scalinglaws/laws.json", "scalinglaws/fit_eval_id_loss.png"} <= logged
+    folder = f"scalinglaws/{tmp_path.name}"
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, folder)}
+    assert {f"{folder}/report.md", f"{folder}/laws.json", f"{folder}/fit_eval_id_loss.png"} <= logged
     metrics, tags = parent.data.metrics, parent.data.tags
     for k, v in result["params"].items():
         assert metrics[f"law/eval/id/loss/{k}"] == pytest.approx(v)

@@ -33,6 +33,8 @@ from scalinglaws.summary import describe, json_default, law_summary
 from scalinglaws.validate import holdout_largest
 
 DEFAULT_X = {"chinchilla": "n_params,data_size", "power": "n_params", "broken-power": "data_size"}
+# Fine-tunes all see one downstream data size: their data axis is the pretraining's.
+FINETUNE_X = {"chinchilla": "n_params,pretrain_data_size", "power": "n_params", "broken-power": "pretrain_data_size"}
 
 
 class UsageError(Exception):
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--experiment", metavar="NAME", help="MLflow experiment (= study name)")
     src.add_argument("--csv", type=Path, metavar="FILE", help="a CSV table, one row per point")
     fit.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: MLflow's own default)")
+    fit.add_argument("--role", choices=["trial", "finetune"], default="trial",
+                     help="with --experiment: fit the grid's trials (default) or their fine-tunes, against "
+                          "the pretrained trial's size (x default: " + "; ".join(f"{k}: {v}" for k, v in FINETUNE_X.items())
+                     + ")")
     fit.add_argument("--metric", "--y", dest="y", required=True, metavar="COL",
                      help="the column to fit, e.g. train/loss")
     fit.add_argument("--x", metavar="COLS", help="comma-separated input column(s); default by form: "
@@ -95,7 +101,7 @@ def _read(args: argparse.Namespace) -> pd.DataFrame:
             raise UsageError(f"--csv: file not found: {args.csv}")
         return from_csv(args.csv)
     try:
-        return load_study(args.experiment, args.tracking_uri)
+        return load_study(args.experiment, args.tracking_uri, role=args.role)
     except LookupError as e:
         raise UsageError(f"--experiment: {e}") from None
 
@@ -124,7 +130,7 @@ def _make_law(args: argparse.Namespace, df: pd.DataFrame) -> Law:
     if x is None:
         if form not in DEFAULT_X:
             raise UsageError(f"--x: required for --form {form} (the upstream loss column)")
-        x = DEFAULT_X[form].split(",")
+        x = (FINETUNE_X if args.role == "finetune" else DEFAULT_X)[form].split(",")
     cls = FORMS[form]
     if len(x) != cls.n_inputs:
         raise UsageError(f"--x: form {form!r} takes {cls.n_inputs} column(s), got {len(x)}: {','.join(x)}")
@@ -161,6 +167,8 @@ def fit_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--level: must be in (0, 1), got {args.level}")
     if (args.by or args.by_mode) and not args.best_of:
         raise UsageError(f"{'--by' if args.by else '--by-mode'}: applies with --best-of only")
+    if args.role != "trial" and not args.experiment:
+        raise UsageError("--role: applies with --experiment only (a CSV holds the points to fit)")
     if args.no_log and not (args.report and args.experiment):
         raise UsageError("--no-log: applies with --experiment and --report only")
     df, winners = _load(args)
@@ -188,7 +196,7 @@ def fit_command(args: argparse.Namespace) -> int:
 
         write_report(df, args.report, {args.y: law}, n_boot=args.bootstrap, holdout=args.holdout_largest,
                      level=args.level, seed=args.seed, log_to_run=log_to, tracking_uri=args.tracking_uri,
-                     winners=winners)
+                     winners=winners, log_prefix="law" if args.role == "trial" else f"law/{args.role}")
     for d in law.diagnostics_:
         print(f"warning: {d.code}: {d.message}", file=sys.stderr)
     if args.json:

@@ -22,13 +22,15 @@ from scalinglaws.select import select_best
 # Params that name things; every other param becomes numeric when all its values parse.
 LABEL_PARAMS = frozenset(
     {"trial_id", "family", "size", "size_enc", "size_dec", "data_unit", "task",
-     "objective", "technique", "mixture", "precision"}
+     "objective", "technique", "mixture", "precision", "base_trial", "init_from", "downstream"}
 )
 LEFT_OUT = (DIVERGED, PRUNED)  # outcomes of trials stopped before their budget (ASHA prunes)
 
 
-def load_study(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
-    """All trials of study `experiment`: columns run_id, parent_run_id, status, outcome
+def load_study(experiment: str, tracking_uri: str | None = None, role: str = TRIAL) -> pd.DataFrame:
+    """All trials of study `experiment` (with `role="finetune"`, its fine-tunes instead: their
+    params add the pretrained trial's `base_trial` and, for downstream fine-tunes,
+    `pretrain_data_size`): columns run_id, parent_run_id, status, outcome
     ("diverged" for a trial the platform stopped on a non-finite loss, "pruned" for one a
     scheduler stopped early, else NaN), the trial
     params, data_seen (the metric step) and one column per metric key (NaN where a key was
@@ -39,9 +41,9 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise LookupError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
-    runs = _trial_runs(client, exp.experiment_id)
+    runs = _trial_runs(client, exp.experiment_id, role)
     if not runs:
-        raise LookupError(f"experiment {experiment!r} has no trial runs (tag {ROLE}=trial)")
+        raise LookupError(f"experiment {experiment!r} has no {role} runs (tag {ROLE}={role})")
     params = _params_frame(runs)
     values = _metrics_frame(client, runs)
     metric_cols = sorted(values.columns.difference(["run_id", "data_seen"]), key=_metric_order)
@@ -49,10 +51,10 @@ def load_study(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame
     return df.sort_values(["trial_id", "data_seen"], ignore_index=True)
 
 
-def _trial_runs(client: Any, experiment_id: str) -> list[Any]:
+def _trial_runs(client: Any, experiment_id: str, role: str) -> list[Any]:
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], f"tags.`{ROLE}` = '{TRIAL}'", max_results=1000, page_token=token)
+        page = client.search_runs([experiment_id], f"tags.`{ROLE}` = '{role}'", max_results=1000, page_token=token)
         runs += list(page)
         token = page.token
         if not token:

@@ -36,23 +36,25 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^\w.\- /]", "_", name).strip("/")
 
 
-def log_report(run_id: str, out_dir: str | Path, summary: dict[str, Any], tracking_uri: str | None = None) -> None:
-    """Log `out_dir` under scalinglaws/ and the headline numbers of `summary["laws"]` to `run_id`."""
+def log_report(run_id: str, out_dir: str | Path, summary: dict[str, Any], tracking_uri: str | None = None,
+               prefix: str = "law") -> None:
+    """Log `out_dir` under scalinglaws/<its name>/ and the headline numbers of `summary["laws"]`
+    to `run_id`, as `<prefix>/<metric>/<parameter>`."""
     from mlflow.entities import Metric, RunTag
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    client.log_artifacts(run_id, str(out_dir), artifact_path="scalinglaws")
+    client.log_artifacts(run_id, str(out_dir), artifact_path=f"scalinglaws/{Path(out_dir).resolve().name}")
     now = int(time.time() * 1000)
     metrics, tags = [], []
     for name, law in summary["laws"].items():
-        prefix = f"law/{metric_key(name)}"
+        key = f"{prefix}/{metric_key(name)}"
         values = {**law["params"], **{f"{k}_{end}": v for k, ci in law["ci"].items()
                                       for end, v in zip(("lo", "hi"), ci, strict=True)}}
         if "holdout" in law:
             values["holdout_mean_abs_rel_error"] = law["holdout"]["mean_abs_rel_error"]
-        metrics += [Metric(f"{prefix}/{k}", float(v), now, 0) for k, v in values.items()]
+        metrics += [Metric(f"{key}/{k}", float(v), now, 0) for k, v in values.items()]
         codes = ",".join(dict.fromkeys(d["code"] for d in law["diagnostics"])) or "none"
-        tags += [RunTag(f"{prefix}/form", law["form"]), RunTag(f"{prefix}/x", ",".join(law["x"])),
-                 RunTag(f"{prefix}/diagnostics", codes)]
+        tags += [RunTag(f"{key}/form", law["form"]), RunTag(f"{key}/x", ",".join(law["x"])),
+                 RunTag(f"{key}/diagnostics", codes)]
     client.log_batch(run_id, metrics=metrics, tags=tags)

@@ -62,6 +62,7 @@ def write_report(
     log_to_run: str | None = None,
     tracking_uri: str | None = None,
     winners: pd.DataFrame | None = None,
+    log_prefix: str = "law",
 ) -> dict[str, Any]:
     """Fit each metric against size on the trials' final points, bootstrap it (`n_boot`
     resamples of trials), optionally hold out the `holdout` largest sizes, and plot it.
@@ -74,8 +75,8 @@ def write_report(
     which hyperparameters won in each cell.
 
     Writes PNG+SVG plots, report.md and laws.json to out_dir and returns the laws.json
-    content; `log_to_run` logs the folder as artifacts (under scalinglaws/) of that MLflow
-    run and each law's numbers as its metrics (publish.py).
+    content; `log_to_run` logs the folder as artifacts (under scalinglaws/<out_dir's name>/) of
+    that MLflow run and each law's numbers as its metrics `<log_prefix>/<metric>/...` (publish.py).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ def write_report(
     if log_to_run:
         from scalinglaws.publish import log_report
 
-        log_report(log_to_run, out, summary, tracking_uri)
+        log_report(log_to_run, out, summary, tracking_uri, log_prefix)
     return summary
 
 

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-from reliscale.data.local_images import write_digits
+from reliscale.data.local_images import LAYOUTS, write_digits
 from reliscale.data.local_text import DOMAINS, write_local_corpus
 from reliscale.data.manifest import MANIFEST, NotADatasetError
 from reliscale.data.prepare import PrepareError, PrepareOptions, prepare
 from reliscale.data.shards import SPLITS
 from reliscale.data.text_dataset import TextDataset
 from reliscale.data.tokenizer import TokenizerError, load_encoder
-from reliscale.tasks.next_line import build_next_line_task, write_jsonl
+from reliscale.tasks.next_line import heldout_next_line_task, write_jsonl
 
 SAMPLE_CHARS = 200
 
@@ -56,8 +55,10 @@ def add_data_parser(subparsers) -> None:
     p.add_argument("--domains", default=",".join(DOMAINS), help=f"comma-separated (default {','.join(DOMAINS)})")
 
     p = sub.add_parser("local-images", help="write scikit-learn's 1,797 handwritten digits (8x8) as an "
-                       "ImageFolder tree (train/ and test/, a folder per digit)")
+                       "ImageFolder tree (train/ and test/, a folder per digit) or as parquet files")
     p.add_argument("out", type=Path)
+    p.add_argument("--layout", choices=LAYOUTS, default="folder",
+                   help="folder: <split>/<digit>/*.png; parquet: <split>-00000-of-00001.parquet (image, label)")
 
     p = sub.add_parser("next-line", help="a multiple-choice task from a dataset's held-out documents: which "
                        "line is the real next one")
@@ -109,19 +110,6 @@ def inspect_dataset(folder: Path) -> str:
                            "prepare`) nor an image dataset (no split folders or <split>.parquet files)")
 
 
-def heldout_next_line_task(dataset: Path, domain: str, items: int, choices: int, context_lines: int,
-                           seed: int) -> list[dict]:
-    """Next-line items from the held-out documents of `domain`: text no trial of the dataset trains on."""
-    ds = TextDataset(dataset)
-    encoder = load_encoder(ds.tokenizer_path / "tokenizer.json")
-    tokens = ds.tokens(domain, "heldout")
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (start, end) in enumerate(ds.documents(domain, "heldout")):
-            text = encoder.decode([int(t) for t in tokens[start:end - 1]])  # without the EOS
-            (Path(tmp) / f"{domain}_{i:05d}.txt").write_text(text, encoding="utf-8")
-        return build_next_line_task(sorted(Path(tmp).glob("*.txt")), items, choices, context_lines, seed)
-
-
 def run_data_command(args: argparse.Namespace) -> int:
     try:
         if args.data_command == "inspect":
@@ -132,7 +120,7 @@ def run_data_command(args: argparse.Namespace) -> int:
                 print(f"{domain}: {folder}")
             return 0
         if args.data_command == "local-images":
-            print(f"digits: {write_digits(args.out)}")
+            print(f"digits: {write_digits(args.out, args.layout)}")
             return 0
         if args.data_command == "next-line":
             items = heldout_next_line_task(args.dataset, args.domain, args.items, args.choices,

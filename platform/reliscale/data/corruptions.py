@@ -150,10 +150,13 @@ class CorruptedSplit:
     def load_batch(self, indices: Sequence[int], transform: EvalTransform, rng=None
                    ) -> tuple[np.ndarray, np.ndarray]:
         """(float32 NCHW, int64 labels), like ``ImageSplit.load_batch``; ``rng`` is unused."""
+        x = np.stack([transform.norm(im) for im in self.eval_pixels(indices, transform)])
+        return x, self.labels[np.asarray(indices, dtype=np.int64)]
+
+    def eval_pixels(self, indices: Sequence[int], transform: EvalTransform) -> list[np.ndarray]:
+        """uint8 HWC: the eval geometry, then the corruption; not yet normalised."""
         if not isinstance(transform, EvalTransform):
             raise TypeError(f"corrupted splits are eval data: need an EvalTransform, got "
                             f"{type(transform).__name__}")
-        images = [corrupt(transform.geometry(self.split.load(i)), self.name, self.severity,
-                          self.seed, int(i)) for i in indices]
-        x = np.stack([transform.norm(im) for im in images])
-        return x, self.labels[np.asarray(indices, dtype=np.int64)]
+        return self.split.map(lambda i: corrupt(transform.geometry(self.split.load(i)), self.name,
+                                                 self.severity, self.seed, int(i)), indices)

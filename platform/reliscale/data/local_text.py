@@ -76,3 +76,20 @@ def write_local_corpus(out: str | Path, max_mb: float = 2.0, domains: tuple[str,
             budget -= size
         folders[domain] = folder
     return folders
+
+
+def prepare_local_dataset(root: str | Path, max_mb: float = 0.6, vocab: int = 1024,
+                          next_line_items: int = 48) -> tuple[Path, Path]:
+    """A small dataset of the local corpus under `root`: `ds/` prepared with a BPE of `vocab`
+    tokens (10 % of documents held out), and `next_line.jsonl`, a 4-way next-line task from its
+    held-out code. Returns both paths. Preparing runs on Ray Data: call it inside a Ray session."""
+    from reliscale.data.prepare import PrepareOptions, prepare
+    from reliscale.tasks.next_line import heldout_next_line_task, write_jsonl
+
+    root = Path(root)
+    folders = write_local_corpus(root / "corpus", max_mb=max_mb)
+    prepare(PrepareOptions(out=root / "ds", domains=[[f"{d}={f}"] for d, f in folders.items()],
+                           train_bpe=vocab, heldout_fraction=0.1))
+    items = heldout_next_line_task(root / "ds", "code", next_line_items, choices=4, context_lines=3, seed=0)
+    write_jsonl(items, root / "next_line.jsonl")
+    return root / "ds", root / "next_line.jsonl"

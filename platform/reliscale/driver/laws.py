@@ -26,6 +26,8 @@ def fit_argv(law: LawSpec, study: str, tracking_uri: str, report_dir: str) -> li
         argv += ["--best-of", ",".join(law.best_of), "--by", law.by or law.metric]
     if law.increasing:
         argv += ["--increasing"]
+    if law.role != "trial":
+        argv += ["--role", law.role]
     return argv
 
 
@@ -35,7 +37,8 @@ def fit_study_laws(spec: StudySpec, paths) -> bool:
 
     ok = True
     for law in spec.analysis.laws if spec.analysis else ():
-        report = paths.dir / "report" / re.sub(r"[^\w.-]+", "_", law.metric)
-        print(f"\nlaw of {law.metric}:", flush=True)
+        name = re.sub(r"[^\w.-]+", "_", law.metric)
+        report = paths.dir / "report" / (name if law.role == "trial" else f"{law.role}_{name}")
+        print(f"\nlaw of {law.metric}" + (f" ({law.role}s)" if law.role != "trial" else "") + ":", flush=True)
         ok &= fit_main(fit_argv(law, spec.name, paths.tracking_uri, str(report))) == 0
     return ok

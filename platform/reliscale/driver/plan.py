@@ -89,8 +89,8 @@ def feed_rates(trial: TrialConfig, flops: float) -> tuple[float, float] | None:
     """(examples/s a worker's GPUs train on at GPU_PEAK_FLOPS x ASSUMED_MFU, examples/s its loader
     prepares: cpus_per_worker x the task's per-core rate), or None: CPU workers, or generated data.
 
-    The loader figure counts every CPU of the worker as a decoder: a worker reaches it only when
-    its batches are decoded in parallel on those CPUs.
+    The loader figure counts every CPU of the worker as a decoder: the image task decodes each
+    batch on `threads_per_worker` threads and the next batch while the current one trains.
     """
     r = trial.spec.resources
     rate = TASKS[trial.spec.data.task].loader_rate(trial)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from reliscale import tracking
+from reliscale.driver.finetune import finetune_trials
 from reliscale.spec.schema import StudySpec, expand
 
 SHOWN = ("train/loss", "eval/id/mse", "eval/id/ls_ratio", "eval/id/accuracy", "eval/id/ece", "eval/id/loss")
@@ -25,8 +26,9 @@ def study_status(spec: StudySpec, root: Path) -> list[dict]:
         print(e, file=sys.stderr)
         store = None
     runs = store.trial_runs() if store else {}
+    grid = expand(spec)
     rows = []
-    for trial in expand(spec):
+    for trial in grid + [ft for _, ft in finetune_trials(spec, grid)]:
         run = runs.get(trial.trial_id)
         row = {"trial_id": trial.trial_id, "state": "PENDING", "data_seen": 0,
                "data_size": trial.data_size, "metrics": {}}

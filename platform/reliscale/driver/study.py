@@ -31,6 +31,7 @@ from reliscale.spec.schema import (
     expand,
 )
 from reliscale.tasks import TASKS
+from reliscale.worker.checkpoints import StartFrom
 
 
 def _check_storage(paths: StudyPaths) -> None:
@@ -113,6 +114,10 @@ def run_study(spec: StudySpec, root: Path | None = None, progress_interval_s: fl
         from reliscale.patch.stage import run_patch_stage
 
         results += run_patch_stage(spec, trials, paths, runs, fit_trials, progress_interval_s)
+    if spec.finetune is not None and not [r for r in results if r.error]:
+        from reliscale.driver.finetune import run_finetune_stage
+
+        results += run_finetune_stage(spec, trials, paths, runs, fit_trials, progress_interval_s)
     ok = not [r for r in results if r.error]
     report_results(spec, paths, runs.experiment_id)
     if ok and spec.analysis:
@@ -133,7 +138,7 @@ def report_results(spec: StudySpec, paths: StudyPaths, experiment_id: str) -> No
 
 def fit_trials(trials: list[TrialConfig], flops: dict[str, float], run_ids: dict[str, str],
                finished: frozenset[str], paths: StudyPaths, tune_name: str, progress_interval_s: float,
-               init_from: dict[str, str] | None = None, search: SearchSpec | None = None) -> list:
+               init_from: dict[str, StartFrom] | None = None, search: SearchSpec | None = None) -> list:
     """Run trials as one Ray Tune grid named `tune_name` (continuing it if it was stopped); with a
     `search`, its scheduler prunes the sweep of each cell (`reliscale.driver.search`)."""
     from ray import tune

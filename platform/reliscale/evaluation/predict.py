@@ -32,14 +32,13 @@ def _gather(rows: np.ndarray, n: int) -> np.ndarray | None:
 
 
 def _shard(arrays: dict[str, np.ndarray], rank: int, world: int) -> dict[str, np.ndarray]:
-    """Rank `rank`'s contiguous shard, after padding to a multiple of `world` by repeating the last row."""
+    """Rank `rank`'s contiguous shard of rows, the split padded to a multiple of `world` by
+    repeating its last row. Only these rows are read: a split that decodes rows when they are
+    indexed (`data.image_sources.EvalImages`) decodes this rank's shard only."""
     n = len(next(iter(arrays.values())))
     per = -(-n // world)
-    out = {}
-    for k, a in arrays.items():
-        padded = np.concatenate([a, np.repeat(a[-1:], per * world - n, axis=0)])
-        out[k] = padded[rank * per:(rank + 1) * per]
-    return out
+    rows = np.minimum(np.arange(rank * per, (rank + 1) * per), n - 1)
+    return {k: np.asarray(a[rows]) for k, a in arrays.items()}
 
 
 @torch.no_grad()

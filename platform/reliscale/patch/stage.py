@@ -115,7 +115,7 @@ def run_patch_stage(spec: StudySpec, trials: list[TrialConfig], paths, runs: tra
 
     from reliscale.driver.plan import param_counts, plan_trial
     from reliscale.patch.interpolate import sweep_checkpoints
-    from reliscale.worker.checkpoints import final_checkpoint
+    from reliscale.worker.checkpoints import StartFrom, final_checkpoint
 
     p = spec.patch
     bases = _trained([t for t in trials if p.trials is None or t.trial_id in p.trials], runs, {})
@@ -136,7 +136,7 @@ def run_patch_stage(spec: StudySpec, trials: list[TrialConfig], paths, runs: tra
                           "init_from": Path(current[base_id]).name, "base_trial": base_id, "patch_mode": p.mode}
                 run_ids[f.trial_id] = runs.trial_run(f, params, role=tracking.FINETUNE)
         finished = frozenset(t for t, run in runs.trial_runs().items() if run.info.status == "FINISHED")
-        init = {f.trial_id: current[base_id] for base_id, fs in fts.items() for f in fs}
+        init = {f.trial_id: StartFrom(current[base_id]) for base_id, fs in fts.items() for f in fs}
         stage_results = fit_trials(flat, flops, run_ids, finished, paths, f"patch_ft{k + 1}", progress_interval_s,
                                    init)
         results += stage_results

@@ -470,6 +470,37 @@ class PatchSpec(_Section):
         return self
 
 
+class FinetuneSpec(_Section):
+    """Plex's adaptation after pretraining: fine-tune trained trials on `data.images.downstream_root`.
+
+    Each fine-tune is an ordinary trial (role `finetune`) that starts from its pretrained trial's
+    final weights with a new classifier head for the downstream classes, trains on the downstream
+    training split and is evaluated there: `id`, the corrupted splits of `data.images`, and `ood`
+    (the downstream `ood_classes`, never fine-tuned on). `reliscale.driver.finetune` runs them.
+    """
+
+    size: float  # downstream training examples each fine-tune sees
+    lr: float | None = Field(default=None, gt=0)  # replaces train.optimizer.lr; None: the trial's own
+    batch_size: int | None = Field(default=None, gt=0)  # None: the trial's data.batch_size
+    ood_classes: tuple[str, ...] = ()  # downstream classes held out of fine-tuning: the split `ood`
+    trials: tuple[str, ...] | None = None  # trial ids to fine-tune; None: every trial of the grid
+
+    @field_validator("size")
+    @classmethod
+    def _whole(cls, n: float) -> float:
+        if not (n > 0 and math.isfinite(n) and float(n).is_integer()):
+            raise At("", f"{n!r} is not allowed; allowed: a positive integer")
+        return n
+
+    @field_validator("ood_classes", mode="before")
+    @classmethod
+    def _class_names(cls, v: Any) -> Any:
+        names = tuple(str(c) for c in _as_tuple(v))
+        if len(set(names)) != len(names):
+            raise At("", f"{list(names)} repeats a class; allowed: distinct names")
+        return names
+
+
 class LawSpec(_Section):
     """A scaling law the driver fits when the grid finishes (`reliscale fit`'s options)."""
 
@@ -481,6 +512,7 @@ class LawSpec(_Section):
     increasing: bool = False  # the metric grows towards 1 with scale (accuracy)
     bootstrap: int = Field(default=200, ge=0)
     holdout_largest: int = Field(default=1, ge=0)
+    role: Literal["trial", "finetune"] = "trial"  # finetune: the fine-tunes, by their pretraining's size
 
     @model_validator(mode="after")
     def _by_needs_best_of(self) -> LawSpec:
@@ -545,6 +577,7 @@ class StudySpec(_Section):
     storage: StorageSpec = StorageSpec()
     patch: PatchSpec | None = None
     search: SearchSpec | None = None
+    finetune: FinetuneSpec | None = None  # downstream fine-tunes of the image task, after the grid
     analysis: AnalysisSpec | None = None  # laws fitted (and logged to the parent run) when the grid ends
 
     _axes_as_tuples = field_validator("objective", "technique", mode="before")(_as_tuple)
@@ -619,6 +652,33 @@ class StudySpec(_Section):
         for i, tid in enumerate(p.trials or ()):
             if tid not in ids:
                 raise At(f"patch.trials[{i}]", f"{tid!r} is not a trial of this grid; allowed: "
+                         f"{', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}" + _did_you_mean(tid, ids))
+        return self
+
+    @model_validator(mode="after")
+    def _finetune_fits(self) -> StudySpec:
+        f = self.finetune
+        for i, law in enumerate(self.analysis.laws if self.analysis else ()):
+            if law.role == "finetune" and f is None:
+                raise At(f"analysis.laws[{i}].role", "'finetune' fits the fine-tunes, and the spec has no "
+                         "finetune section; allowed: trial, or add a finetune section")
+        if f is None:
+            return self
+        im = self.data.images
+        if self.data.task != "images" or im is None or im.downstream_root is None:
+            raise At("finetune", "fine-tunes need data.task 'images' with data.images.downstream_root; "
+                     "allowed: a downstream dataset folder in data.images.downstream_root")
+        batch = f.batch_size or max(_values(self.data.batch_size))
+        if f.batch_size is not None and f.batch_size % self.resources.workers:
+            raise At("finetune.batch_size", f"{f.batch_size} is not divisible by resources.workers="
+                     f"{self.resources.workers}; allowed: a multiple of {self.resources.workers}")
+        if f.size < batch:
+            raise At("finetune.size", f"{int(f.size)} is smaller than the batch size {batch}; "
+                     "allowed: at least one batch")
+        ids = [t.trial_id for t in expand(self)]
+        for i, tid in enumerate(f.trials or ()):
+            if tid not in ids:
+                raise At(f"finetune.trials[{i}]", f"{tid!r} is not a trial of this grid; allowed: "
                          f"{', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}" + _did_you_mean(tid, ids))
         return self
 

@@ -11,7 +11,9 @@ When D > N the trial passes over those images again; each pass visits them in it
 order and ranks take disjoint slices of every global batch. Augmentation (random resized crop
 and flip, `image_transforms.TrainTransform`) draws from `augment_rng(seed, rank, index, 0)`,
 `index` being the global micro-batch count (step x accumulation + micro): every batch is a pure
-function of (seed, rank, step, micro-batch).
+function of (seed, rank, step, micro-batch). Each rank decodes its own slices, on
+`resources.threads_per_worker` threads, and decodes the next micro-batch in the background while
+the current one trains.
 
 Eval splits: the same images and pixels for every trial (fixed subsets, not the trial seed).
 
@@ -38,6 +40,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,12 +50,16 @@ from reliscale.tasks.base import TaskInfo, TaskKind
 from reliscale.tasks.classification import CLASSIFICATION_METRICS, TECHNIQUES, ClassificationStream
 from reliscale.tasks.registry import register
 
+if TYPE_CHECKING:
+    from reliscale.data.image_sources import EvalImages
+
 SUBSET_STREAM, EPOCH_STREAM = 1, 2  # draws seeded by the trial seed
 EVAL_SEED = 0  # held-out subsets and corruption noise: one for every trial
 FEWSHOT_POOL = 100  # support images per class: 25 shots x a few draws
 DIGEST_CONTENT_BYTES = 64 << 20  # datasets up to this size are digested by content
 # The training loader's rate on one core: decode + random resized crop + flip + normalise of
-# 224x224 JPEGs, about 580 images per CPU-second (bench/images.md, "224 JPEG, train"). Another
+# 224x224 JPEGs, about 580 images per CPU-second on a loaded machine (bench/images.md, "224 JPEG,
+# train"; 1,700 on an idle one): the lower figure, so that `plan` errs towards a warning. Another
 # image_size s is scaled by pixels: 580 * (224 / s)**2. Decode cost follows the stored images'
 # pixels, so larger stored images (ImageNet's average about 400x350) decode slower than this.
 LOADER_IMAGES_PER_CPU_S = 580.0
@@ -141,11 +148,16 @@ class ImageTask:
     Arrays are numpy: x float32 (n, channels, image_size, image_size), y int64.
     """
 
-    def __init__(self, images, seed: int, train_size: int, eval_size: int):
+    def __init__(self, images, seed: int, train_size: int, eval_size: int, threads: int = 1):
+        from concurrent.futures import ThreadPoolExecutor
+
         from reliscale.data.image_transforms import EvalTransform, TrainTransform
 
-        self.images, self.seed, self.eval_size = images, seed, eval_size
+        self.images, self.seed, self.eval_size, self.threads = images, seed, eval_size, threads
         self._opened: dict[tuple[str, str], object] = {}
+        # the next micro-batch, decoded while the current one trains (`train_examples`)
+        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        self._next: tuple[tuple[int, int, int, int], object] | None = None
         self.train = self.open(images.root, images.train_split)
         self.held_out = self.open(images.root, images.eval_split)
         classes = self.train.classes
@@ -174,7 +186,7 @@ class ImageTask:
         if (root, split) not in self._opened:
             im = self.images
             self._opened[root, split] = open_split(root, split, im.num_channels, im.on_bad_input,
-                                                   cache=im.cache)
+                                                   cache=im.cache, threads=self.threads)
         return self._opened[root, split]
 
     @property
@@ -185,15 +197,29 @@ class ImageTask:
             return tuple(range(self.open(im.downstream_root, im.train_split).num_classes))
         return tuple(int(c) for c in self.ood_labels)
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if self._epoch[0] != epoch:
-            rng = np.random.default_rng([self.seed, EPOCH_STREAM, epoch])
-            self._epoch = (epoch, rng.permutation(self.train_size))
-        return self._epoch[1]
+    def _epoch_permutation(self, epoch: int) -> np.ndarray:
+        cached = self._epoch  # one read: the prefetch thread may replace it meanwhile
+        if cached[0] != epoch:
+            cached = (epoch, np.random.default_rng([self.seed, EPOCH_STREAM, epoch]).permutation(self.train_size))
+            self._epoch = cached
+        return cached[1]
 
     def train_examples(self, index: int, rank: int, world: int, size: int
                        ) -> tuple[np.ndarray, np.ndarray]:
-        """Rank `rank`'s `size` examples of global micro-batch `index` (see the module docstring)."""
+        """Rank `rank`'s `size` examples of global micro-batch `index` (see the module docstring).
+
+        The loop asks for micro-batches in order, so each call hands back the batch decoded in the
+        background since the last one (or decodes it now, after a resume) and starts on the next."""
+        key = (index, rank, world, size)
+        if self._next is not None and self._next[0] == key:
+            batch = self._next[1].result()
+        else:
+            batch = self._load_train(*key)
+        following = (index + 1, rank, world, size)
+        self._next = (following, self._prefetcher.submit(self._load_train, *following))
+        return batch
+
+    def _load_train(self, index: int, rank: int, world: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         from reliscale.data.image_transforms import augment_rng
 
         if not 0 <= rank < world or index < 0 or size < 1:
@@ -204,12 +230,12 @@ class ImageTask:
                              f"training images of {self.images.root}")
         epoch, within = divmod(index, per_epoch)
         start = within * world * size + rank * size
-        ids = self.train_ids[self._epoch_order(epoch)[start:start + size]]
+        ids = self.train_ids[self._epoch_permutation(epoch)[start:start + size]]
         x, y = self.train.load_batch(ids, self.train_transform, augment_rng(self.seed, rank, index, 0))
         return x, self.relabel[y]
 
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """An eval split (see the module docstring)."""
+    def split(self, name: str) -> tuple[EvalImages, np.ndarray]:
+        """An eval split (see the module docstring): images decoded on first use, labels."""
         from reliscale.data.corruptions import CorruptedSplit
 
         labels, im = self.held_out.labels, self.images
@@ -217,25 +243,29 @@ class ImageTask:
         if name == "id" or corruption:
             ids = fixed_subset(np.flatnonzero(self.relabel[labels] >= 0), self.eval_size)
             source = CorruptedSplit(self.held_out, *corruption, EVAL_SEED) if corruption else self.held_out
-            x, y = source.load_batch(ids, self.eval_transform)
-            return x, self.relabel[y]
+            return self._eval_images(source, ids), self.relabel[labels[ids]]
         if name == "ood" and im.ood_classes:
             ids = fixed_subset(np.flatnonzero(np.isin(labels, self.ood_labels)), self.eval_size)
-            return self.held_out.load_batch(ids, self.eval_transform)
+            return self._eval_images(self.held_out, ids), labels[ids]
         if name == "ood_far" and im.ood_root:
             far = self.open(im.ood_root, im.eval_split)
-            return far.load_batch(fixed_subset(np.arange(len(far)), self.eval_size),
-                                  self.eval_transform)
+            ids = fixed_subset(np.arange(len(far)), self.eval_size)
+            return self._eval_images(far, ids), far.labels[ids]
         raise ValueError(f"unknown split {name!r}; allowed: id, <corruption>_<severity>"
                          + ", ood" * bool(im.ood_classes) + ", ood_far" * bool(im.ood_root))
 
-    def fewshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def fewshot(self) -> tuple[EvalImages, np.ndarray, EvalImages, np.ndarray]:
         """The few-shot task: support pool x, y and query x, y, labels the dataset's classes."""
         support, query = self._fewshot_splits()
-        xs, ys = support.load_batch(per_class(support.labels, FEWSHOT_POOL), self.eval_transform)
-        xq, yq = query.load_batch(fixed_subset(np.arange(len(query)), self.eval_size),
-                                  self.eval_transform)
-        return xs, ys, xq, yq
+        s_ids = per_class(support.labels, FEWSHOT_POOL)
+        q_ids = fixed_subset(np.arange(len(query)), self.eval_size)
+        return (self._eval_images(support, s_ids), support.labels[s_ids],
+                self._eval_images(query, q_ids), query.labels[q_ids])
+
+    def _eval_images(self, source, ids: np.ndarray) -> EvalImages:
+        from reliscale.data.image_sources import EvalImages
+
+        return EvalImages(source, ids, self.eval_transform, self.images.num_channels)
 
     def _fewshot_splits(self):
         im = self.images
@@ -317,6 +347,32 @@ def dataset_problem(spec) -> str | None:
         c = int(counts.argmin())
         return (f"data.images.{key}: few-shot support needs {max(SHOTS)} {im.train_split!r} images "
                 f"of every class; class {support.classes[c]!r} has {counts[c]}")
+    return finetune_problem(spec, opened.get("downstream_root"))
+
+
+def finetune_problem(spec, downstream: dict | None) -> str | None:
+    """What keeps the spec's fine-tunes from training on the downstream dataset, or None."""
+    f = spec.finetune
+    if f is None or downstream is None:
+        return None
+    im = spec.data.images
+    train = downstream[im.train_split]
+    classes = train.classes
+    unknown = [c for c in f.ood_classes if c not in classes]
+    if unknown:
+        return (f"finetune.ood_classes: {unknown[0]!r} is not a class of {im.downstream_root}; "
+                f"allowed: {', '.join(classes)}")
+    if len(classes) - len(f.ood_classes) < 2:
+        return f"finetune.ood_classes: leave {len(classes) - len(f.ood_classes)} class(es) to fine-tune; need >= 2"
+    batch = f.batch_size or int(max(np.atleast_1d(spec.data.batch_size)))
+    held_out = np.isin(np.asarray(classes)[downstream[im.eval_split].labels], f.ood_classes)
+    trained = np.isin(np.asarray(classes)[train.labels], f.ood_classes, invert=True).sum()
+    for what, n, need in ((f"held-out images of the classes to fine-tune in {im.eval_split!r}", (~held_out).sum(), 1),
+                          (f"held-out images of finetune.ood_classes in {im.eval_split!r}", held_out.sum(),
+                           1 if f.ood_classes else 0),
+                          (f"training images of the classes to fine-tune in {im.train_split!r}", trained, batch)):
+        if n < need:
+            return f"data.images.downstream_root: {n} {what}; need >= {need}"
     return None
 
 
@@ -334,7 +390,8 @@ class Images(TaskKind):
 
     def build(self, trial, world: int, cache_dir: Path) -> ClassificationStream:
         spec = trial.spec
-        task = ImageTask(spec.data.images, trial.seed, trial.data_size, spec.eval.examples)
+        task = ImageTask(spec.data.images, trial.seed, trial.data_size, spec.eval.examples,
+                         spec.resources.threads_per_worker)
         return ClassificationStream(task, world, spec.grad_accumulation())
 
     def model(self, trial):

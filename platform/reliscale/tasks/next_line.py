@@ -80,6 +80,25 @@ def build_next_line_task(files: Sequence[str | Path], n_items: int, n_choices: i
     return items
 
 
+def heldout_next_line_task(dataset: Path, domain: str, items: int, choices: int, context_lines: int,
+                           seed: int) -> list[dict]:
+    """Next-line items from the held-out documents of `domain` of a prepared text dataset: text no
+    trial of the dataset trains on."""
+    import tempfile
+
+    from reliscale.data.text_dataset import TextDataset
+    from reliscale.data.tokenizer import load_encoder
+
+    ds = TextDataset(dataset)
+    encoder = load_encoder(ds.tokenizer_path / "tokenizer.json")
+    tokens = ds.tokens(domain, "heldout")
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (start, end) in enumerate(ds.documents(domain, "heldout")):
+            text = encoder.decode([int(t) for t in tokens[start:end - 1]])  # without the EOS
+            (Path(tmp) / f"{domain}_{i:05d}.txt").write_text(text, encoding="utf-8")
+        return build_next_line_task(sorted(Path(tmp).glob("*.txt")), items, choices, context_lines, seed)
+
+
 def _check_item(item: object) -> str | None:
     """Why ``item`` is not a valid choice record, or None."""
     if not isinstance(item, dict):

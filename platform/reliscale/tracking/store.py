@@ -166,7 +166,7 @@ class StudyRuns:
         return run
 
     def trial_run(self, trial, params: dict[str, str], role: str = TRIAL) -> str:
-        """The id of a trial's child run (role `trial`, or `finetune` for a PAINT fine-tune)."""
+        """The id of a trial's child run (role `trial`, or `finetune` for a PAINT or downstream fine-tune)."""
         axes = {f"reliscale.{k}": params[k] for k in AXES if k in params}
         return self._child_run(TRIAL_ID, trial.trial_id, {ROLE: role, **axes}, params).info.run_id
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 
 from reliscale.spec.schema import TrialConfig
+from reliscale.worker.checkpoints import StartFrom
 
 
 def import_training_stack():
@@ -39,10 +40,11 @@ def worker_loop(config: dict) -> None:
 
 
 def run_trial(config: dict, trials: dict[str, TrialConfig], run_ids: dict[str, str], tracking_uri: str,
-              storage: str, finished: frozenset[str] = frozenset(), init_from: dict[str, str] | None = None) -> None:
+              storage: str, finished: frozenset[str] = frozenset(),
+              init_from: dict[str, StartFrom] | None = None) -> None:
     """Fit the Ray Train trainer of trial `config["trial_id"]`; it restores from its own checkpoints.
 
-    `init_from` maps a fine-tune trial to the weights it starts from (a checkpoint or state dict).
+    `init_from` maps a fine-tune trial to the weights it starts from.
 
     `finished` holds the trials whose MLflow run had finished when the driver started: Tune
     saves its own state only every few seconds, so a driver killed just after a trial ended

@@ -6,11 +6,23 @@ The training loop saves and restores them; PAINT reads the full weights back out
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 CKPT_TAG = "ds"  # the DeepSpeed tag every checkpoint is saved under
+HEAD_PREFIX = "head."  # a classifier's reliability head (`models.build.Classifier.head`)
+
+
+@dataclass(frozen=True)
+class StartFrom:
+    """The weights a fine-tune starts from: a `step_*` checkpoint, a trial folder or a saved state
+    dict. With `new_head`, the classifier head keeps its fresh initialisation: the downstream task
+    has its own classes, and a head fitted to the pretraining classes would only bias it."""
+
+    path: str
+    new_head: bool = False
 
 
 def step_dir_name(step: int) -> str:
@@ -83,3 +95,19 @@ def checkpoint_weights(path: str | Path) -> dict:
     else:
         state = torch.load(ds / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
     return {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in state.items()}
+
+
+def load_start(model: Any, start: StartFrom) -> None:
+    """Load `start`'s weights into `model`: all of them, or all but the head (`new_head`). Any
+    other mismatch (a key missing or left over, a shape) is an error naming the keys."""
+    weights = checkpoint_weights(start.path)
+    if start.new_head:
+        weights = {k: v for k, v in weights.items() if not k.startswith(HEAD_PREFIX)}
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a shape differs
+        raise ValueError(f"{start.path}: the weights do not fit the model: {e}") from None
+    missing = [k for k in missing if not (start.new_head and k.startswith(HEAD_PREFIX))]
+    if missing or unexpected:
+        raise ValueError(f"{start.path}: the weights do not fit the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")

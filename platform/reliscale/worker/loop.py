@@ -180,8 +180,8 @@ def setup(config: dict) -> Trial:
     torch.manual_seed(trial.seed)  # identical initial weights on every rank
     task = build_task(trial, world, config.get("cache_dir"))
     model = build_model(trial)
-    if config.get("init_from"):  # a fine-tune starts from a trained (or patched) model's full weights
-        model.load_state_dict(checkpoints.checkpoint_weights(config["init_from"]))
+    if config.get("init_from"):  # a fine-tune starts from a trained (or patched) model's weights
+        checkpoints.load_start(model, config["init_from"])
     if spec.train.activation_checkpointing:
         for module in model.modules():  # the transformers stacks; older releases name it gradient_...
             enable = (getattr(module, "activation_checkpointing_enable", None)
