@@ -648,12 +648,16 @@ class StudySpec(_Section):
             if mixture_name(mix) in grid:
                 raise At(f"patch.tasks[{j}]", f"{mixture_name(mix)!r} is a pretraining mixture of the grid; "
                          "allowed: a task the trials were not trained on")
-        ids = [t.trial_id for t in expand(self)]
-        for i, tid in enumerate(p.trials or ()):
-            if tid not in ids:
-                raise At(f"patch.trials[{i}]", f"{tid!r} is not a trial of this grid; allowed: "
-                         f"{', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}" + _did_you_mean(tid, ids))
+        self._check_trial_ids("patch.trials", p.trials)
         return self
+
+    def _check_trial_ids(self, key: str, named: tuple[str, ...] | None) -> None:
+        """Each of `named` (a stage's `trials`) is a trial of the grid."""
+        ids = [t.trial_id for t in expand(self)]
+        for i, tid in enumerate(named or ()):
+            if tid not in ids:
+                raise At(f"{key}[{i}]", f"{tid!r} is not a trial of this grid; allowed: "
+                         f"{', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}" + _did_you_mean(tid, ids))
 
     @model_validator(mode="after")
     def _finetune_fits(self) -> StudySpec:
@@ -675,11 +679,7 @@ class StudySpec(_Section):
         if f.size < batch:
             raise At("finetune.size", f"{int(f.size)} is smaller than the batch size {batch}; "
                      "allowed: at least one batch")
-        ids = [t.trial_id for t in expand(self)]
-        for i, tid in enumerate(f.trials or ()):
-            if tid not in ids:
-                raise At(f"finetune.trials[{i}]", f"{tid!r} is not a trial of this grid; allowed: "
-                         f"{', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}" + _did_you_mean(tid, ids))
+        self._check_trial_ids("finetune.trials", f.trials)
         return self
 
     @model_validator(mode="after")
