@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from reliscale.data.local_images import digit_splits, write_digits
-from reliscale.driver.finetune import finetune_trial, finetune_trials
-from reliscale.driver.laws import fit_argv
+from reliscale.driver.laws import fit_argv, law_name
+from reliscale.driver.plan import plan
 from reliscale.models.build import image_classifier
+from reliscale.spec.finetune import finetune_trial, finetune_trials
 from reliscale.spec.schema import SpecError, expand, load_spec
 from reliscale.tasks import TASKS
 from reliscale.worker.checkpoints import HEAD_PREFIX, StartFrom, load_start
@@ -104,13 +105,47 @@ def test_preflight_checks_the_downstream_classes_and_images(repo, digits):
     assert unknown.startswith("finetune.ood_classes: 'nine' is not a class of") and "allowed: 0, 1, 2" in unknown
     nothing_left = images.preflight(smoke_spec(repo, digits, "finetune.ood_classes=[1, 2, 3, 4, 5, 6, 7, 8, 9]"))
     assert nothing_left == "finetune.ood_classes: leave 1 class(es) to fine-tune; need >= 2"
+    wrong_head = images.preflight(smoke_spec(repo, digits, "finetune.num_classes=10"))
+    assert wrong_head == (f"finetune.num_classes: 10, but {digits['parquet']} has 9 classes to fine-tune "
+                          "(10 less 1 finetune.ood_classes)")
     too_few = images.preflight(smoke_spec(repo, digits, "finetune.batch_size=1600", "finetune.size=3200"))
     _, _train, labels = digit_splits()["train"]
     assert too_few == (f"data.images.downstream_root: {(labels != 9).sum()} training images of the classes to "
                        "fine-tune in 'train'; need >= 1600")
 
 
+def test_plan_lists_each_fine_tune_after_the_grid_with_the_downstream_head(repo):
+    rows, warnings = plan(smoke_spec(repo))
+    grid, fts = rows[:4], rows[4:]
+    assert [f.trial_id for f in fts] == [f"{g.trial_id}_ft-elsewhere" for g in grid] and warnings == []
+    for g, f in zip(grid, fts, strict=True):
+        assert (f.size, f.data_size) == (g.size, 3200)
+        assert f.flops == pytest.approx(g.flops * 3200 / g.data_size, rel=0.02)  # same model, a quarter of the data
+    # 8 classes pretrained, 9 fine-tuned: one more row of the classifier (width + bias), one per
+    # member for BatchEnsemble; the GP and heteroscedastic heads grow by more
+    none, be = fts[0].n_params - grid[0].n_params, fts[1].n_params - grid[1].n_params
+    width = expand(smoke_spec(repo))[0].size.enc.width
+    assert none == width + 1 and be >= none and fts[2].n_params - grid[2].n_params > none
+    fewer = plan(smoke_spec(repo, None, "finetune.num_classes=2", "finetune.ood_classes=[2, 3, 4, 5, 6, 7, 8, 9]"))[0]
+    assert fewer[4].n_params - grid[0].n_params == -6 * (width + 1)
+
+
 def test_a_law_of_the_spec_with_role_finetune_fits_the_fine_tunes(repo):
     spec = smoke_spec(repo, None, "analysis={laws: [{metric: eval/id/ece, role: finetune}, {metric: eval/id/ece}]}")
     downstream, grid = (fit_argv(law, spec.name, "sqlite:///m.db", "/r") for law in spec.analysis.laws)
     assert downstream[downstream.index("--role") + 1] == "finetune" and "--role" not in grid
+    assert [law_name(law) for law in spec.analysis.laws] == ["finetune_eval_id_ece", "eval_id_ece"]
+
+
+def test_a_law_of_the_spec_may_fit_one_technique(repo):
+    spec = smoke_spec(repo, None, "analysis={laws: [{metric: eval/id/nll, role: finetune, where: {technique: gp}}]}")
+    (law,) = spec.analysis.laws
+    argv = fit_argv(law, spec.name, "sqlite:///m.db", "/r")
+    assert argv[argv.index("--where") + 1] == "technique=gp" and law_name(law) == "finetune_technique-gp_eval_id_nll"
+    for where, message in (("{technique: sngp}", "analysis.laws[0].where.technique: 'sngp' is not a value of the "
+                                                 "grid; allowed: none, batchensemble, gp, het"),
+                           ("{lr: 0.1}", "analysis.laws[0].where.lr: 'lr' is not an axis a law can be sliced by; "
+                                         "allowed: technique, objective, mixture, seed, family")):
+        with pytest.raises(SpecError) as e:
+            smoke_spec(repo, None, f"analysis={{laws: [{{metric: eval/id/nll, where: {where}}}]}}")
+        assert message in str(e.value)

@@ -12,7 +12,7 @@ from reliscale.driver.plan import as_dicts, format_table, plan
 from reliscale.spec.schema import load_spec
 
 GPU_S4 = ["model.sizes=[S4]", "technique=[none]", "data.sizes=[1.28e5]", "data.batch_size=256",
-          "data.images.image_size=224", "data.images.patch_size=16", "resources.gpus_per_worker=1"]
+          "data.images.image_size=224", "data.images.patch_size=16", "resources.gpus_per_worker=1", "finetune=null"]
 
 
 def gpu_plan(repo, *overrides: str):
@@ -57,7 +57,7 @@ def test_enough_cpus_silence_the_warning_and_smaller_images_do_not(repo, tiny_cp
 
 def test_cpu_workers_and_generated_data_have_no_feed_figures(repo):
     (row,), warnings = plan(load_spec(repo / "jobs" / "images_smoke.yaml",
-                                      ["model.sizes=[S0]", "technique=[none]"]))
+                                      ["model.sizes=[S0]", "technique=[none]", "finetune=null"]))
     assert row.loader_examples_per_s is None and warnings == []
     assert "examples_per_s_needed" not in as_dicts([row])[0] and "loader/s" not in format_table([row])
 

@@ -93,3 +93,25 @@ def test_role_applies_to_a_study_only(tmp_path, capsys):
     (tmp_path / "points.csv").write_text("n_params,data_size,y\n1,1,1\n")
     assert main(["fit", "--csv", str(tmp_path / "points.csv"), "--metric", "y", "--role", "finetune"]) == 2
     assert "--role: applies with --experiment only" in capsys.readouterr().err
+
+
+def test_where_fits_one_slice_and_logs_it_beside_the_whole(study, capsys, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    argv = ["fit", "--experiment", "adapt", "--tracking-uri", study, "--metric", "eval/id/nll", "--role", "finetune"]
+    code = main([*argv, "--where", "size=S1", "--x", "pretrain_data_size", "--form", "power",
+                 "--report", str(tmp_path / "s1_nll"), "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    result = json.loads(out.out)
+    assert result["where"] == {"size": "S1"} and result["n_points"] == len(DATA_SIZES)
+    client = MlflowClient(tracking_uri=study)
+    parent = client.search_runs([client.get_experiment_by_name("adapt").experiment_id],
+                                "tags.`reliscale.role` = 'study'")[0]
+    assert parent.data.tags["law/finetune/size-S1/eval/id/nll/x"] == "pretrain_data_size"
+    assert parent.data.metrics["law/finetune/size-S1/eval/id/nll/alpha"] == pytest.approx(result["params"]["alpha"])
+    for where, message in (("size=S9", "--where size=S9: no rows have it; values: S0, S1, S2, S3"),
+                           ("technique=gp", "--where technique=gp: no column 'technique'; available:"),
+                           ("size", "--where: 'size' is not allowed; allowed: COL=VALUE, e.g. technique=gp")):
+        assert main([*argv, "--where", where]) == 2
+        assert message in capsys.readouterr().err, where

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from test_scalinglaws_laws import TRUE
 
-from scalinglaws import ChinchillaLaw, final_points, from_csv, load_study
+from scalinglaws import ChinchillaLaw, final_points, from_csv, load_study, subset
 
 SIZES = {"S0": 2e7, "S1": 8e7, "S2": 3e8, "S3": 1e9}
 DATA_SIZES = (2e9, 8e9, 3e10)
@@ -123,6 +123,19 @@ def test_final_points_leave_out_trials_not_trained_through_their_budget():
 def test_a_frame_without_trials_is_already_final():
     df = pd.DataFrame({"n_params": [1.0, 2.0], "loss": [3.0, 2.0]})
     pd.testing.assert_frame_equal(final_points(df), df)
+
+
+def test_subset_keeps_one_value_of_a_column_as_text_or_number():
+    df = pd.DataFrame({"technique": ["none", "gp", "gp", "het"], "seed": [0, 0, 1, 0], "loss": [1.0, 2.0, 3.0, 4.0]})
+    assert subset(df, {"technique": "gp"})["loss"].tolist() == [2.0, 3.0]
+    assert subset(df, {"technique": "gp", "seed": "0"})["loss"].tolist() == [2.0]  # "0" as MLflow logs it
+    assert subset(df, {"seed": 0.0}).index.tolist() == [0, 1, 2] and subset(df, {}).equals(df)
+    with pytest.raises(ValueError, match=r"^technique=sngp: no rows have it; values: gp, het, none$"):
+        subset(df, {"technique": "sngp"})
+    with pytest.raises(ValueError, match=r"^seed=first: no rows have it; values: 0, 1$"):
+        subset(df, {"seed": "first"})
+    with pytest.raises(ValueError, match=r"^mixture=a: no column 'mixture'; available: technique, seed, loss$"):
+        subset(df, {"mixture": "a"})
 
 
 def test_csv_round_trip_gives_the_same_final_points(study, tmp_path):

@@ -5,7 +5,7 @@ the functions that need them.
 
     df = final_points(load_study("icl_smoke", "sqlite:///studies/icl_smoke/mlflow.db"),
                       best_of=["lr"], by="eval/val/loss")  # best lr per (size, data size) cell
-    law = ChinchillaLaw(y="eval/val/loss").fit(df)
+    law = ChinchillaLaw(y="eval/val/loss").fit(df)  # subset(df, {"technique": "gp"}): one technique
     boot = bootstrap(law, df, n=1000)
     boot.params_ci(0.95)
     diagnose(law, df, boot=boot)  # when not to believe it (law.diagnostics_: without the bootstrap)
@@ -16,7 +16,7 @@ from scalinglaws.correlation import metric_correlation
 from scalinglaws.derived import compute_optimal, required_size
 from scalinglaws.diagnostics import Diagnostic, diagnose
 from scalinglaws.laws import FORMS, BrokenPowerLaw, ChinchillaLaw, Law, PowerLaw, SigmoidOfLoss
-from scalinglaws.load import final_points, from_csv, load_study
+from scalinglaws.load import final_points, from_csv, load_study, subset
 from scalinglaws.report import write_report
 from scalinglaws.select import select_best
 from scalinglaws.validate import Holdout, holdout_largest
@@ -41,5 +41,6 @@ __all__ = [
     "metric_correlation",
     "required_size",
     "select_best",
+    "subset",
     "write_report",
 ]

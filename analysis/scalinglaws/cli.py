@@ -1,11 +1,13 @@
 """Command line: `python -m scalinglaws fit ...`; `reliscale fit ...` calls `main(argv)`.
 
-  fit --experiment NAME [--tracking-uri URI] --metric M [--x n_params,data_size] [--form F]
+  fit --experiment NAME [--tracking-uri URI] [--role trial|finetune] [--where COL=VALUE ...]
+      --metric M [--x n_params,data_size] [--form F]
       [--best-of lr[,batch_size] [--by COL] [--by-mode min|max]]
       [--bootstrap K] [--holdout-largest K] [--report DIR [--no-log]] [--json]
   fit --csv FILE --x COLS --y COL --form F [--best-of COLS ...] [--json]
 
-A study is fitted on its trials' final points; a CSV on its rows as they are. With
+A study is fitted on its trials' final points; a CSV on its rows as they are; --where keeps
+the rows of one value of a column (e.g. technique=gp), and may repeat. With
 --best-of, only the best trial (by --by, default the fitted metric) of each cell of the
 other axes is fitted, and the winners are printed (and in the JSON under "selection").
 The law's diagnostics (diagnostics.py) are one `warning:` line each on stderr and a list in
@@ -26,8 +28,8 @@ import pandas as pd
 from scalinglaws.bootstrap import bootstrap
 from scalinglaws.diagnostics import diagnose
 from scalinglaws.laws import FORMS, Law
-from scalinglaws.load import final_points, from_csv, load_study
-from scalinglaws.publish import study_run
+from scalinglaws.load import final_points, from_csv, load_study, subset
+from scalinglaws.publish import metric_key, study_run
 from scalinglaws.select import select_best
 from scalinglaws.summary import describe, json_default, law_summary
 from scalinglaws.validate import holdout_largest
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --experiment: fit the grid's trials (default) or their fine-tunes, against "
                           "the pretrained trial's size (x default: " + "; ".join(f"{k}: {v}" for k, v in FINETUNE_X.items())
                      + ")")
+    fit.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
+                     help="fit only the rows where COL is VALUE, e.g. technique=gp; repeatable")
     fit.add_argument("--metric", "--y", dest="y", required=True, metavar="COL",
                      help="the column to fit, e.g. train/loss")
     fit.add_argument("--x", metavar="COLS", help="comma-separated input column(s); default by form: "
@@ -88,11 +92,31 @@ def _load(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         df = _read(args)
+        try:
+            df = subset(df, _where(args))
+        except ValueError as e:
+            raise UsageError(f"--where {e}") from None
         points, winners = _select(args, df)
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}", file=sys.stderr)
     return points, winners
+
+
+def _where(args: argparse.Namespace) -> dict[str, str]:
+    where = {}
+    for item in args.where:
+        col, eq, value = item.partition("=")
+        if not (col and eq and value):
+            raise UsageError(f"--where: {item!r} is not allowed; allowed: COL=VALUE, e.g. technique=gp")
+        where[col] = value
+    return where
+
+
+def law_prefix(role: str, where: dict[str, str]) -> str:
+    """Where a law's numbers go on the parent run: law[/<role>][/<col>-<value>...]/<metric>/..."""
+    parts = ["law", *([role] if role != "trial" else []), *(metric_key(f"{c}-{v}") for c, v in where.items())]
+    return "/".join(parts)
 
 
 def _read(args: argparse.Namespace) -> pd.DataFrame:
@@ -188,6 +212,8 @@ def fit_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--holdout-largest: {e}") from None
     law.diagnostics_ = diagnose(law, df, boot=boot, holdout=ho, level=args.level)
     summary = law_summary(law, boot, ho, args.level)
+    if args.where:
+        summary["where"] = _where(args)
     if winners is not None:
         summary["selection"] = {"best_of": args.best_of.split(","), "by": args.by or args.y,
                                 "mode": args.by_mode or "min", "winners": winners.to_dict(orient="records")}
@@ -196,7 +222,7 @@ def fit_command(args: argparse.Namespace) -> int:
 
         write_report(df, args.report, {args.y: law}, n_boot=args.bootstrap, holdout=args.holdout_largest,
                      level=args.level, seed=args.seed, log_to_run=log_to, tracking_uri=args.tracking_uri,
-                     winners=winners, log_prefix="law" if args.role == "trial" else f"law/{args.role}")
+                     winners=winners, log_prefix=law_prefix(args.role, _where(args)))
     for d in law.diagnostics_:
         print(f"warning: {d.code}: {d.message}", file=sys.stderr)
     if args.json:

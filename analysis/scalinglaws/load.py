@@ -9,7 +9,7 @@ mlflow.parentRunId and reliscale.trial_id; params are the trial's axes and sizes
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,27 @@ def _metric_order(key: str) -> tuple[int, str]:
 def trial_key(df: pd.DataFrame) -> str | None:
     """The column identifying a trial: run_id, else trial_id, else None (a row per trial)."""
     return next((c for c in ("run_id", "trial_id") if c in df.columns), None)
+
+
+def subset(df: pd.DataFrame, where: Mapping[str, object]) -> pd.DataFrame:
+    """The rows whose column `col` holds `value`, for every (col, value) of `where`, e.g. one
+    technique of a study: `subset(df, {"technique": "gp"})`. Numeric columns compare as numbers
+    (seed=0 matches 0.0), others as text. A column missing or a value no row has is a
+    ValueError naming the values there are."""
+    for col, value in where.items():
+        if col not in df.columns:
+            raise ValueError(f"{col}={value}: no column {col!r}; available: {', '.join(map(str, df.columns))}")
+        values = df[col]
+        numeric = pd.api.types.is_numeric_dtype(values)
+        try:
+            keep = values == float(value) if numeric else values.astype(str) == str(value)
+        except ValueError:
+            keep = pd.Series(False, index=values.index)  # text asked of a numeric column
+        if not keep.any():
+            have = sorted(values.dropna().unique().tolist())
+            raise ValueError(f"{col}={value}: no rows have it; values: {', '.join(map(str, have))}")
+        df = df[keep]
+    return df.reset_index(drop=True)
 
 
 def final_points(

@@ -28,7 +28,15 @@ def fit_argv(law: LawSpec, study: str, tracking_uri: str, report_dir: str) -> li
         argv += ["--increasing"]
     if law.role != "trial":
         argv += ["--role", law.role]
+    for col, value in law.where.items():
+        argv += ["--where", f"{col}={value}"]
     return argv
+
+
+def law_name(law: LawSpec) -> str:
+    """The law's report folder: [<role>_][<col>-<value>_...]<metric>, as a file name."""
+    parts = ([law.role] if law.role != "trial" else []) + [f"{c}-{v}" for c, v in law.where.items()]
+    return re.sub(r"[^\w.-]+", "_", "_".join([*parts, law.metric]))
 
 
 def fit_study_laws(spec: StudySpec, paths) -> bool:
@@ -37,8 +45,8 @@ def fit_study_laws(spec: StudySpec, paths) -> bool:
 
     ok = True
     for law in spec.analysis.laws if spec.analysis else ():
-        name = re.sub(r"[^\w.-]+", "_", law.metric)
-        report = paths.dir / "report" / (name if law.role == "trial" else f"{law.role}_{name}")
-        print(f"\nlaw of {law.metric}" + (f" ({law.role}s)" if law.role != "trial" else "") + ":", flush=True)
+        report = paths.dir / "report" / law_name(law)
+        slices = [f"{law.role}s"] * (law.role != "trial") + [f"{c}={v}" for c, v in law.where.items()]
+        print(f"\nlaw of {law.metric}" + (f" ({', '.join(slices)})" if slices else "") + ":", flush=True)
         ok &= fit_main(fit_argv(law, spec.name, paths.tracking_uri, str(report))) == 0
     return ok

@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from reliscale.spec import ladder
+from reliscale.spec.finetune import finetune_trials
 from reliscale.spec.schema import StudySpec, TrialConfig, expand
 from reliscale.tasks import TASKS
 
@@ -113,13 +114,14 @@ def plan_trial(trial: TrialConfig, counts: dict[str, int]) -> PlanRow:
 
 
 def param_counts(trials: list[TrialConfig]) -> dict[str, dict[str, int]]:
-    """Exact counts per trial; one meta-device model per distinct architecture."""
+    """Exact counts per trial; one meta-device model per distinct architecture (the data section
+    sizes a model's input and head: a fine-tune's head has the downstream classes)."""
     from reliscale.tasks import meta_param_counts  # torch, on the meta device
 
     by_arch: dict[tuple, dict[str, int]] = {}
     out = {}
     for t in trials:
-        arch = (t.family, t.size, t.technique)
+        arch = (t.family, t.size, t.technique, t.spec.data.model_dump_json(exclude={"sizes"}))
         if arch not in by_arch:
             by_arch[arch] = meta_param_counts(t)
         out[t.trial_id] = by_arch[arch]
@@ -127,9 +129,11 @@ def param_counts(trials: list[TrialConfig]) -> dict[str, dict[str, int]]:
 
 
 def plan(spec: StudySpec) -> tuple[list[PlanRow], list[str]]:
-    """The plan rows and the warnings: trials whose memory estimate exceeds a worker's, and
-    trials whose loader cannot prepare examples as fast as their GPUs train on them."""
-    trials = expand(spec)
+    """The plan rows (the grid's trials, then the `finetune` section's) and the warnings: trials
+    whose memory estimate exceeds a worker's, and trials whose loader cannot prepare examples as
+    fast as their GPUs train on them."""
+    grid = expand(spec)
+    trials = grid + [ft for _, ft in finetune_trials(spec, grid)]
     counts = param_counts(trials)
     rows = [plan_trial(t, counts[t.trial_id]) for t in trials]
     limit = worker_memory_gb(spec)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from reliscale import tracking
-from reliscale.driver.finetune import finetune_trials
+from reliscale.spec.finetune import finetune_trials
 from reliscale.spec.schema import StudySpec, expand
 
 SHOWN = ("train/loss", "eval/id/mse", "eval/id/ls_ratio", "eval/id/accuracy", "eval/id/ece", "eval/id/loss")

@@ -483,6 +483,7 @@ class FinetuneSpec(_Section):
     lr: float | None = Field(default=None, gt=0)  # replaces train.optimizer.lr; None: the trial's own
     batch_size: int | None = Field(default=None, gt=0)  # None: the trial's data.batch_size
     ood_classes: tuple[str, ...] = ()  # downstream classes held out of fine-tuning: the split `ood`
+    num_classes: int | None = Field(default=None, gt=1)  # classes fine-tuned on: lets `plan` size the head
     trials: tuple[str, ...] | None = None  # trial ids to fine-tune; None: every trial of the grid
 
     @field_validator("size")
@@ -501,6 +502,11 @@ class FinetuneSpec(_Section):
         return names
 
 
+# The axes a law may be fitted on one value of (`where`), as each trial of the grid names them.
+LAW_WHERE = {"technique": lambda t: t.technique, "objective": lambda t: t.objective,
+             "mixture": lambda t: t.mixture_name, "seed": lambda t: str(t.seed), "family": lambda t: t.family}
+
+
 class LawSpec(_Section):
     """A scaling law the driver fits when the grid finishes (`reliscale fit`'s options)."""
 
@@ -513,6 +519,18 @@ class LawSpec(_Section):
     bootstrap: int = Field(default=200, ge=0)
     holdout_largest: int = Field(default=1, ge=0)
     role: Literal["trial", "finetune"] = "trial"  # finetune: the fine-tunes, by their pretraining's size
+    where: dict[str, str] = {}  # fit one slice of the grid, e.g. {technique: gp}; keys: LAW_WHERE
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _axes_only(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        for key in v:
+            if key not in LAW_WHERE:
+                raise At(key, f"{key!r} is not an axis a law can be sliced by; "
+                         f"allowed: {', '.join(LAW_WHERE)}")
+        return {k: str(x) for k, x in v.items()}
 
     @model_validator(mode="after")
     def _by_needs_best_of(self) -> LawSpec:
@@ -660,12 +678,23 @@ class StudySpec(_Section):
                          f"{', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}" + _did_you_mean(tid, ids))
 
     @model_validator(mode="after")
-    def _finetune_fits(self) -> StudySpec:
-        f = self.finetune
-        for i, law in enumerate(self.analysis.laws if self.analysis else ()):
-            if law.role == "finetune" and f is None:
+    def _laws_fit(self) -> StudySpec:
+        laws = self.analysis.laws if self.analysis else ()
+        grid = expand(self) if any(law.where for law in laws) else []
+        for i, law in enumerate(laws):
+            if law.role == "finetune" and self.finetune is None:
                 raise At(f"analysis.laws[{i}].role", "'finetune' fits the fine-tunes, and the spec has no "
                          "finetune section; allowed: trial, or add a finetune section")
+            for key, value in law.where.items():
+                have = list(dict.fromkeys(LAW_WHERE[key](t) for t in grid))
+                if value not in have:
+                    raise At(f"analysis.laws[{i}].where.{key}", f"{value!r} is not a value of the grid; "
+                             f"allowed: {', '.join(have)}")
+        return self
+
+    @model_validator(mode="after")
+    def _finetune_fits(self) -> StudySpec:
+        f = self.finetune
         if f is None:
             return self
         im = self.data.images

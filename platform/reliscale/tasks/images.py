@@ -362,8 +362,12 @@ def finetune_problem(spec, downstream: dict | None) -> str | None:
     if unknown:
         return (f"finetune.ood_classes: {unknown[0]!r} is not a class of {im.downstream_root}; "
                 f"allowed: {', '.join(classes)}")
-    if len(classes) - len(f.ood_classes) < 2:
-        return f"finetune.ood_classes: leave {len(classes) - len(f.ood_classes)} class(es) to fine-tune; need >= 2"
+    kept = len(classes) - len(f.ood_classes)
+    if kept < 2:
+        return f"finetune.ood_classes: leave {kept} class(es) to fine-tune; need >= 2"
+    if f.num_classes is not None and f.num_classes != kept:
+        return (f"finetune.num_classes: {f.num_classes}, but {im.downstream_root} has {kept} classes "
+                f"to fine-tune ({len(classes)} less {len(f.ood_classes)} finetune.ood_classes)")
     batch = f.batch_size or int(max(np.atleast_1d(spec.data.batch_size)))
     held_out = np.isin(np.asarray(classes)[downstream[im.eval_split].labels], f.ood_classes)
     trained = np.isin(np.asarray(classes)[train.labels], f.ood_classes, invert=True).sum()
