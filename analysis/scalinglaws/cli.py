@@ -86,14 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _load(args: argparse.Namespace, where: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The points to fit and, with --best-of, the winners table. Warnings (trials left out, an
     unbracketed optimum) are printed as one line each, without the library's source line."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         df = _read(args)
         try:
-            df = subset(df, _where(args))
+            df = subset(df, where)
         except ValueError as e:
             raise UsageError(f"--where {e}") from None
         points, winners = _select(args, df)
@@ -195,7 +195,8 @@ def fit_command(args: argparse.Namespace) -> int:
         raise UsageError("--role: applies with --experiment only (a CSV holds the points to fit)")
     if args.no_log and not (args.report and args.experiment):
         raise UsageError("--no-log: applies with --experiment and --report only")
-    df, winners = _load(args)
+    where = _where(args)
+    df, winners = _load(args, where)
     if args.points_csv:
         args.points_csv.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(args.points_csv, index=False)
@@ -212,8 +213,8 @@ def fit_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--holdout-largest: {e}") from None
     law.diagnostics_ = diagnose(law, df, boot=boot, holdout=ho, level=args.level)
     summary = law_summary(law, boot, ho, args.level)
-    if args.where:
-        summary["where"] = _where(args)
+    if where:
+        summary["where"] = where
     if winners is not None:
         summary["selection"] = {"best_of": args.best_of.split(","), "by": args.by or args.y,
                                 "mode": args.by_mode or "min", "winners": winners.to_dict(orient="records")}
@@ -222,7 +223,7 @@ def fit_command(args: argparse.Namespace) -> int:
 
         write_report(df, args.report, {args.y: law}, n_boot=args.bootstrap, holdout=args.holdout_largest,
                      level=args.level, seed=args.seed, log_to_run=log_to, tracking_uri=args.tracking_uri,
-                     winners=winners, log_prefix=law_prefix(args.role, _where(args)))
+                     winners=winners, log_prefix=law_prefix(args.role, where))
     for d in law.diagnostics_:
         print(f"warning: {d.code}: {d.message}", file=sys.stderr)
     if args.json:
