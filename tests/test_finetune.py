@@ -104,7 +104,7 @@ def test_preflight_checks_the_downstream_classes_and_images(repo, digits):
     unknown = images.preflight(smoke_spec(repo, digits, "finetune.ood_classes=[nine]"))
     assert unknown.startswith("finetune.ood_classes: 'nine' is not a class of") and "allowed: 0, 1, 2" in unknown
     nothing_left = images.preflight(smoke_spec(repo, digits, "finetune.ood_classes=[1, 2, 3, 4, 5, 6, 7, 8, 9]"))
-    assert nothing_left == "finetune.ood_classes: leave 1 class(es) to fine-tune; need >= 2"
+    assert nothing_left == f"finetune.ood_classes: leave 1 class(es) of {digits['parquet']} to fine-tune; need >= 2"
     wrong_head = images.preflight(smoke_spec(repo, digits, "finetune.num_classes=10"))
     assert wrong_head == (f"finetune.num_classes: 10, but {digits['parquet']} has 9 classes to fine-tune "
                           "(10 less 1 finetune.ood_classes)")

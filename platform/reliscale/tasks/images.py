@@ -319,27 +319,11 @@ def dataset_problem(spec) -> str | None:
                            else {im.eval_split: open_split(root, im.eval_split, **opts)})
         except (OSError, ValueError) as e:
             return f"data.images.{key}: {_one_line(e)}"
-    train, held_out = (opened["root"][s] for s in splits)
-    classes = train.classes
-    unknown = [c for c in im.ood_classes if c not in classes]
-    if unknown:
-        return (f"data.images.ood_classes: {unknown[0]!r} is not a class of {im.root}; "
-                f"allowed: {', '.join(classes)}")
-    kept = len(classes) - len(im.ood_classes)
-    if kept < 2:
-        return f"data.images.ood_classes: leave {kept} class(es) of {im.root} to train; need >= 2"
-    if im.num_classes is not None and im.num_classes != kept:
-        return (f"data.images.num_classes: {im.num_classes}, but {im.root} has {kept} classes "
-                f"to train ({len(classes)} less {len(im.ood_classes)} ood_classes)")
-    ood = np.isin(np.asarray(classes)[held_out.labels], im.ood_classes)
-    trained = np.isin(np.asarray(classes)[train.labels], im.ood_classes, invert=True).sum()
-    batch = max(spec.data.batch_size) if isinstance(spec.data.batch_size, tuple) else spec.data.batch_size
-    for what, n, need in ((f"held-out images of trained classes in {im.eval_split!r}", (~ood).sum(), 1),
-                          (f"held-out images of ood_classes in {im.eval_split!r}",
-                           ood.sum(), 1 if im.ood_classes else 0),
-                          (f"training images of trained classes in {im.train_split!r}", trained, batch)):
-        if n < need:
-            return f"data.images.root: {n} {what}; need >= {need}"
+    batch = int(max(np.atleast_1d(spec.data.batch_size)))
+    problem = classes_problem(opened["root"], im, "root", "data.images", im.ood_classes, im.num_classes, batch, "train")
+    if problem:
+        return problem
+    train = opened["root"][im.train_split]
     key, support = ("downstream_root", opened["downstream_root"][im.train_split]) \
         if im.downstream_root else ("root", train)
     counts = np.bincount(support.labels, minlength=support.num_classes)
@@ -356,27 +340,37 @@ def finetune_problem(spec, downstream: dict | None) -> str | None:
     if f is None or downstream is None:
         return None
     im = spec.data.images
-    train = downstream[im.train_split]
-    classes = train.classes
-    unknown = [c for c in f.ood_classes if c not in classes]
-    if unknown:
-        return (f"finetune.ood_classes: {unknown[0]!r} is not a class of {im.downstream_root}; "
-                f"allowed: {', '.join(classes)}")
-    kept = len(classes) - len(f.ood_classes)
-    if kept < 2:
-        return f"finetune.ood_classes: leave {kept} class(es) to fine-tune; need >= 2"
-    if f.num_classes is not None and f.num_classes != kept:
-        return (f"finetune.num_classes: {f.num_classes}, but {im.downstream_root} has {kept} classes "
-                f"to fine-tune ({len(classes)} less {len(f.ood_classes)} finetune.ood_classes)")
     batch = f.batch_size or int(max(np.atleast_1d(spec.data.batch_size)))
-    held_out = np.isin(np.asarray(classes)[downstream[im.eval_split].labels], f.ood_classes)
-    trained = np.isin(np.asarray(classes)[train.labels], f.ood_classes, invert=True).sum()
-    for what, n, need in ((f"held-out images of the classes to fine-tune in {im.eval_split!r}", (~held_out).sum(), 1),
-                          (f"held-out images of finetune.ood_classes in {im.eval_split!r}", held_out.sum(),
-                           1 if f.ood_classes else 0),
-                          (f"training images of the classes to fine-tune in {im.train_split!r}", trained, batch)):
+    return classes_problem(downstream, im, "downstream_root", "finetune", f.ood_classes, f.num_classes, batch,
+                           "fine-tune")
+
+
+def classes_problem(opened: dict, im, root_key: str, prefix: str, ood_classes: tuple[str, ...],
+                    num_classes: int | None, batch: int, verb: str) -> str | None:
+    """What keeps the dataset at `data.images.<root_key>` (its `opened` splits) from training
+    (`verb`: train or fine-tune) with `ood_classes` held out: an unknown class, fewer than 2 left, a
+    `num_classes` that differs, too few images of either kind. One line naming the key
+    (`<prefix>.ood_classes`, `<prefix>.num_classes` or the root)."""
+    root, train_split, eval_split = getattr(im, root_key), im.train_split, im.eval_split
+    train, held_out = opened[train_split], opened[eval_split]
+    classes = train.classes
+    unknown = [c for c in ood_classes if c not in classes]
+    if unknown:
+        return f"{prefix}.ood_classes: {unknown[0]!r} is not a class of {root}; allowed: {', '.join(classes)}"
+    kept = len(classes) - len(ood_classes)
+    if kept < 2:
+        return f"{prefix}.ood_classes: leave {kept} class(es) of {root} to {verb}; need >= 2"
+    if num_classes is not None and num_classes != kept:
+        return (f"{prefix}.num_classes: {num_classes}, but {root} has {kept} classes to {verb} "
+                f"({len(classes)} less {len(ood_classes)} {prefix}.ood_classes)")
+    ood = np.isin(np.asarray(classes)[held_out.labels], ood_classes)
+    trained = np.isin(np.asarray(classes)[train.labels], ood_classes, invert=True).sum()
+    for what, n, need in ((f"held-out images of the classes to {verb} in {eval_split!r}", (~ood).sum(), 1),
+                          (f"held-out images of {prefix}.ood_classes in {eval_split!r}", ood.sum(),
+                           1 if ood_classes else 0),
+                          (f"training images of the classes to {verb} in {train_split!r}", trained, batch)):
         if n < need:
-            return f"data.images.downstream_root: {n} {what}; need >= {need}"
+            return f"data.images.{root_key}: {n} {what}; need >= {need}"
     return None
 
 
