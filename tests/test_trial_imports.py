@@ -1,5 +1,6 @@
 """The Tune trial actor, which runs the Train controller, builds and unpickles the trainer and never touches
-a tensor: what they import must not pull in torch (~2 CPU-s per process per trial). The trainer
+a tensor: what they import must not pull in torch (~2 CPU-s per process per trial), nor what only some
+tasks use (scipy, scikit-learn, matplotlib through the mnist1d package: ~1 s more). The trainer
 starts no helper actor that a trial has no use for, and its controller polls the workers often
 enough that short trials do not wait on it. A worker imports the training stack without the
 cyclic GC rescanning it."""
@@ -19,13 +20,14 @@ from reliscale.trial.trainer import TrialTrainer
 config = pickle.loads(pickle.dumps(EnvRendezvous()))  # what the controller receives
 TrialTrainer(reliscale.trial.run.worker_loop, backend_config=config, train_loop_config={}, placement_group_key="s/t",
              scaling_config=ray.train.ScalingConfig(num_workers=2))._create_default_callbacks()
-print(config.backend_cls().share_cuda_visible_devices, "torch" in sys.modules)
+heavy = {"torch", "transformers", "deepspeed", "scipy", "sklearn", "matplotlib", "mnist1d"}
+print(config.backend_cls().share_cuda_visible_devices, ",".join(sorted(heavy & sys.modules.keys())) or "-")
 """
 
 
-def test_building_a_trials_trainer_imports_no_torch():
+def test_building_a_trials_trainer_imports_no_torch_and_no_library_only_some_tasks_use():
     out = subprocess.run([sys.executable, "-c", BUILD_AND_UNPICKLE], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["True", "False"]
+    assert out.stdout.split() == ["True", "-"]
 
 
 def test_a_trials_trainer_leaves_out_the_ray_data_actor_records_its_placement_group_instead_of_the_cleaner():
@@ -70,17 +72,35 @@ def test_a_trials_controller_polls_every_half_second_and_starts_no_preemption_wa
 
 
 IMPORT_IN_A_FRESH_WORKER = """
-import gc
+import gc, sys
 from reliscale.trial.run import import_training_stack
 
 before = gc.get_stats()[2]["collections"]
 import_training_stack()
 print(gc.get_stats()[2]["collections"] - before, gc.isenabled(), gc.get_freeze_count())
+
+from reliscale.spec.schema import expand, validate
+from reliscale.tasks import build_evaluator, build_model, build_task
+
+trial = expand(validate({"name": "t", "model": {"family": "decoder", "sizes": ["S0"]},
+                         "data": {"task": "icl", "dim": 3, "points": 8, "sizes": [256], "batch_size": 32}}))[0]
+loaded = set(sys.modules)
+build_evaluator(build_task(trial, 1), trial), build_model(trial)
+packages = {m.split(".")[0] for m in set(sys.modules) - loaded} - {"reliscale", "encodings"}
+print(",".join(sorted(packages)) or "-", ",".join(sorted({"sklearn", "matplotlib", "mnist1d"} & sys.modules.keys())) or "-")
 """
 
 
 def test_a_worker_imports_the_training_stack_without_full_collections_and_freezes_it():
     out = subprocess.run([sys.executable, "-c", IMPORT_IN_A_FRESH_WORKER], capture_output=True, text=True, check=True)
-    full_collections, enabled, frozen = out.stdout.split()
+    full_collections, enabled, frozen, _, _ = out.stdout.split()
     assert (full_collections, enabled) == ("0", "True")
     assert int(frozen) > 500_000  # torch, DeepSpeed, transformers: ~0.9 M objects
+
+
+def test_an_icl_worker_builds_its_trial_from_what_it_imported_with_the_collector_paused():
+    """Building the model loads no third-party module the paused import left out (transformers' model
+    classes included), and a regression task loads no library only classification or images use."""
+    out = subprocess.run([sys.executable, "-c", IMPORT_IN_A_FRESH_WORKER], capture_output=True, text=True, check=True)
+    _, _, _, new_packages, heavy = out.stdout.split()
+    assert (new_packages, heavy) == ("-", "-")

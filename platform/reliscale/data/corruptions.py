@@ -25,7 +25,8 @@ blur 7 times narrower. Results are rounded to the nearest integer (ImageNet-C tr
 Randomness (only gaussian_noise draws) comes from a Generator seeded by a blake2b digest of
 (seed, index, name, severity), never from numpy's global RNG. :class:`CorruptedSplit` applies
 a corruption where ImageNet-C does: after the eval resize and centre crop, before
-normalisation.
+normalisation. scipy loads with the first blur: the image task's registration reads
+``SEVERITIES`` in every driver, trial actor and worker, most of which never blur an image.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from reliscale.data.image_transforms import EvalTransform, from_pil, to_pil
 
@@ -66,6 +66,8 @@ def gaussian_noise(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndar
 
 
 def gaussian_blur(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
+    from scipy import ndimage
+
     s = c * length_scale(x)
     blurred = ndimage.gaussian_filter(x / 255.0, sigma=(s, s, 0), mode="nearest", truncate=4.0)
     return to_uint8(blurred)
@@ -73,6 +75,8 @@ def gaussian_blur(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarr
 
 def disk_kernel(radius: float, alias: float) -> np.ndarray:
     """A disk of ``radius`` pixels, smoothed by a Gaussian of std ``alias``, summing to 1."""
+    from scipy import ndimage
+
     half = int(np.ceil(radius)) + 2
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
     disk = (xx**2 + yy**2 <= radius**2).astype(np.float64)
@@ -81,6 +85,8 @@ def disk_kernel(radius: float, alias: float) -> np.ndarray:
 
 
 def defocus_blur(x: np.ndarray, c: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    from scipy import ndimage
+
     kernel = disk_kernel(c[0] * length_scale(x), c[1] * length_scale(x))
     return to_uint8(ndimage.correlate(x / 255.0, kernel[..., None], mode="mirror"))
 

@@ -26,6 +26,9 @@ with ``image_size=(1, 40)``, ``patch_size=(1, p)`` and ``num_channels=1``.
 
 Every example is a function of (seed, stream, chunk of 1024), so any training set is a
 prefix of a larger one (nested data sizes) and eval splits do not depend on ``train_size``.
+
+The ``mnist1d`` package (which imports matplotlib) and scipy load when a signal is first
+rendered: the task registry imports this module in every driver, trial actor and worker.
 """
 
 from __future__ import annotations
@@ -34,8 +37,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from mnist1d.data import get_templates
-from scipy.ndimage import gaussian_filter1d
 
 from reliscale.tasks.base import TaskInfo, TaskKind
 from reliscale.tasks.cache import cached_arrays, default_cache_dir
@@ -112,6 +113,9 @@ def _resample(x: np.ndarray, lengths: np.ndarray, out_len: int) -> np.ndarray:
 
 def render(d: dict[str, np.ndarray], f: Factors) -> np.ndarray:
     """Signals [n, 40] (float32, normalised) of the draws ``d`` under factors ``f``."""
+    from mnist1d.data import get_templates
+    from scipy.ndimage import gaussian_filter1d
+
     n = len(d["label"])
     rows = np.arange(n)[:, None]
     pad = f.padding[0] + np.floor(d["padding"] * (f.padding[1] - f.padding[0] + 1))

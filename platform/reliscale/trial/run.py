@@ -26,6 +26,7 @@ def import_training_stack():
     enabled = gc.isenabled()
     gc.disable()
     try:
+        import reliscale.models.build  # noqa: F401  the tasks' models (transformers), which tasks load on first use
         from reliscale.worker.loop import train_loop
     finally:
         gc.freeze()
