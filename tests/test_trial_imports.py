@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 BUILD_AND_UNPICKLE = """
 import pickle, sys
 import ray.train
@@ -91,16 +93,21 @@ print(",".join(sorted(packages)) or "-", ",".join(sorted({"sklearn", "matplotlib
 """
 
 
-def test_a_worker_imports_the_training_stack_without_full_collections_and_freezes_it():
+@pytest.fixture(scope="module")
+def fresh_worker() -> list[str]:
+    """What a fresh worker printed: collections, GC state, frozen objects; then what building an ICL trial loaded."""
     out = subprocess.run([sys.executable, "-c", IMPORT_IN_A_FRESH_WORKER], capture_output=True, text=True, check=True)
-    full_collections, enabled, frozen, _, _ = out.stdout.split()
+    return out.stdout.split()
+
+
+def test_a_worker_imports_the_training_stack_without_full_collections_and_freezes_it(fresh_worker):
+    full_collections, enabled, frozen, _, _ = fresh_worker
     assert (full_collections, enabled) == ("0", "True")
     assert int(frozen) > 500_000  # torch, DeepSpeed, transformers: ~0.9 M objects
 
 
-def test_an_icl_worker_builds_its_trial_from_what_it_imported_with_the_collector_paused():
+def test_an_icl_worker_builds_its_trial_from_what_it_imported_with_the_collector_paused(fresh_worker):
     """Building the model loads no third-party module the paused import left out (transformers' model
     classes included), and a regression task loads no library only classification or images use."""
-    out = subprocess.run([sys.executable, "-c", IMPORT_IN_A_FRESH_WORKER], capture_output=True, text=True, check=True)
-    _, _, _, new_packages, heavy = out.stdout.split()
+    _, _, _, new_packages, heavy = fresh_worker
     assert (new_packages, heavy) == ("-", "-")
